@@ -1,0 +1,106 @@
+"""FOCUS: sign of momentum plus attraction toward an EMA of the parameters (Liu, Liu & Gore, 2025).
+
+    m  <- b1*m + (1-b1)*g
+    pb <- b2*pb + (1-b2)*theta          (theta before this step's move)
+    ph  = pb / (1 - b2**t)              (bias-corrected parameter EMA)
+    theta <- theta - lr*(sign(m) + gamma*sign(theta - ph))
+    theta <- theta - lr*wd*ph           (decay pulls in proportion to ph, not theta)
+
+``decay_order="official"`` (the default) is the authors' code, which produced the paper's GPT-2 result:
+sign step first, decay second, attraction on the pre-decay theta. ``decay_order="paper"`` is Algorithm 1:
+decay first, attraction measured on the decayed theta. State is kept in fp32 whatever the parameter dtype:
+theta - ph is of the order of lr and a bf16 EMA of theta cannot resolve it (see ``foco`` for the
+memory-efficient way).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import ElementwiseOptimizer, default_foreach, group_by_device_and_dtype
+from .validation import check_betas, check_choice, check_lr, check_unit_interval, check_weight_decay
+
+DECAY_ORDERS = ("official", "paper")
+
+
+class FOCUS(ElementwiseOptimizer):
+    """FOCUS with the official code's update order by default.
+
+    Args:
+        params: parameters or parameter groups.
+        lr: step size; every coordinate moves by ``lr*(1 +- gamma)`` per step plus decay.
+        betas: (b1, b2) for the gradient EMA and the parameter EMA.
+        gamma: attraction strength in [0, 1); 0 gives Signum exactly.
+        weight_decay: decoupled decay toward 0, proportional to the parameter EMA.
+        decay_order: "official" (authors' code) or "paper" (Algorithm 1).
+        foreach: multi-tensor implementation; default on for plain tensors.
+    """
+
+    state_names = ("exp_avg", "param_avg")
+
+    def __init__(self, params, lr: float = 0.01, betas=(0.9, 0.999), gamma: float = 0.1,
+                 weight_decay: float = 0.0, decay_order: str = "official", foreach: bool | None = None):
+        check_lr(lr)
+        check_betas(betas)
+        check_unit_interval("gamma", gamma)
+        check_weight_decay(weight_decay)
+        check_choice("decay_order", decay_order, DECAY_ORDERS)
+        defaults = dict(lr=lr, betas=tuple(betas), gamma=gamma, weight_decay=weight_decay,
+                        decay_order=decay_order, foreach=foreach)
+        super().__init__(params, defaults)
+
+    def _init_state(self, p):
+        return {name: torch.zeros_like(p, dtype=torch.float32, memory_format=torch.preserve_format)
+                for name in self.state_names}
+
+    def _apply(self, group, params, grads, states, steps):
+        foreach = group["foreach"]
+        if foreach is None:
+            foreach = default_foreach(params)
+        beta1, beta2 = group["betas"]
+        fn = _multi_tensor_focus if foreach else _single_tensor_focus
+        fn(params, grads, states["exp_avg"], states["param_avg"], steps, lr=group["lr"], beta1=beta1,
+           beta2=beta2, gamma=group["gamma"], weight_decay=group["weight_decay"],
+           decay_order=group["decay_order"])
+
+
+def _single_tensor_focus(params, grads, exp_avgs, param_avgs, steps, *, lr, beta1, beta2, gamma,
+                         weight_decay, decay_order):
+    for p, g, m, pbar, step in zip(params, grads, exp_avgs, param_avgs, steps):
+        step += 1
+        theta = p.float()
+        m.lerp_(g.float(), 1 - beta1)
+        pbar.lerp_(theta, 1 - beta2)
+        phat = pbar / (1 - beta2 ** step.item())
+        if weight_decay and decay_order == "paper":
+            theta.add_(phat, alpha=-lr * weight_decay)
+        update = torch.sign(theta - phat).mul_(gamma).add_(torch.sign(m))
+        theta.add_(update, alpha=-lr)
+        if weight_decay and decay_order == "official":
+            theta.add_(phat, alpha=-lr * weight_decay)
+        if theta is not p:
+            p.copy_(theta)
+
+
+def _multi_tensor_focus(params, grads, exp_avgs, param_avgs, steps, *, lr, beta1, beta2, gamma,
+                        weight_decay, decay_order):
+    for p_list, g_list, m_list, pbar_list, step_list in group_by_device_and_dtype(
+            [params, grads, exp_avgs, param_avgs, steps]):
+        torch._foreach_add_(step_list, 1)
+        low_precision = p_list[0].dtype != torch.float32
+        theta = [p.float() for p in p_list] if low_precision else p_list
+        g32 = [g.float() for g in g_list] if low_precision else g_list
+        torch._foreach_lerp_(m_list, g32, 1 - beta1)
+        torch._foreach_lerp_(pbar_list, theta, 1 - beta2)
+        phat = torch._foreach_div(pbar_list, [1 - beta2 ** s.item() for s in step_list])
+        if weight_decay and decay_order == "paper":
+            torch._foreach_add_(theta, phat, alpha=-lr * weight_decay)
+        update = torch._foreach_sub(theta, phat)
+        torch._foreach_sign_(update)
+        torch._foreach_mul_(update, gamma)
+        torch._foreach_add_(update, torch._foreach_sign(m_list))
+        torch._foreach_add_(theta, update, alpha=-lr)
+        if weight_decay and decay_order == "official":
+            torch._foreach_add_(theta, phat, alpha=-lr * weight_decay)
+        if low_precision:
+            torch._foreach_copy_(p_list, theta)

@@ -1,0 +1,62 @@
+"""Lion (Chen et al., 2023): the sign of an interpolation between momentum and gradient.
+
+    c = b1*m + (1-b1)*g
+    theta <- theta - lr*(sign(c) + wd*theta)
+    m <- b2*m + (1-b2)*g
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import ElementwiseOptimizer, default_foreach, group_by_device_and_dtype
+from .validation import check_betas, check_lr, check_weight_decay
+
+
+class Lion(ElementwiseOptimizer):
+    """Lion with decoupled weight decay; fp32 momentum for any parameter dtype."""
+
+    state_names = ("exp_avg",)
+
+    def __init__(self, params, lr: float = 1e-4, betas=(0.9, 0.99), weight_decay: float = 0.0,
+                 foreach: bool | None = None):
+        check_lr(lr)
+        check_betas(betas)
+        check_weight_decay(weight_decay)
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, foreach=foreach))
+
+    def _init_state(self, p):
+        return {"exp_avg": torch.zeros_like(p, dtype=torch.float32, memory_format=torch.preserve_format)}
+
+    def _apply(self, group, params, grads, states, steps):
+        foreach = group["foreach"]
+        if foreach is None:
+            foreach = default_foreach(params)
+        beta1, beta2 = group["betas"]
+        fn = _multi_tensor_lion if foreach else _single_tensor_lion
+        fn(params, grads, states["exp_avg"], steps, lr=group["lr"], beta1=beta1, beta2=beta2,
+           weight_decay=group["weight_decay"])
+
+
+def _single_tensor_lion(params, grads, exp_avgs, steps, *, lr, beta1, beta2, weight_decay):
+    for p, g, m, step in zip(params, grads, exp_avgs, steps):
+        step += 1
+        g = g.float()
+        direction = torch.lerp(m, g, 1 - beta1).sign_()
+        if weight_decay:
+            p.mul_(1 - lr * weight_decay)
+        p.add_(direction.to(p.dtype), alpha=-lr)
+        m.lerp_(g, 1 - beta2)
+
+
+def _multi_tensor_lion(params, grads, exp_avgs, steps, *, lr, beta1, beta2, weight_decay):
+    for p_list, g_list, m_list, step_list in group_by_device_and_dtype([params, grads, exp_avgs, steps]):
+        torch._foreach_add_(step_list, 1)
+        if g_list[0].dtype != torch.float32:
+            g_list = [g.float() for g in g_list]
+        direction = torch._foreach_lerp(m_list, g_list, 1 - beta1)
+        torch._foreach_sign_(direction)
+        if weight_decay:
+            torch._foreach_mul_(p_list, 1 - lr * weight_decay)
+        torch._foreach_add_(p_list, direction, alpha=-lr)
+        torch._foreach_lerp_(m_list, g_list, 1 - beta2)

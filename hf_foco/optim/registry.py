@@ -1,0 +1,175 @@
+"""The optimizer registry: a name maps to a small record (class, defaults, capabilities).
+
+Like timm's optimizer factory, there is no if/else chain anywhere: the Trainer integration, the CLI and
+the recipes all look optimizers up here. Third-party packages add their own through the entry-point group
+``hf_foco.optimizers`` (the entry point loads an :class:`OptimizerSpec`, or a callable that registers).
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from types import MappingProxyType
+from typing import Any
+
+import torch
+
+ENTRY_POINT_GROUP = "hf_foco.optimizers"
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """What hf_foco needs to know to build and drive an optimizer.
+
+    Attributes:
+        name: registry key, also the value of ``--optim``.
+        cls: a ``torch.optim.Optimizer`` subclass.
+        defaults: hyperparameters applied before user overrides (the recommended GPT-2 setting).
+        paper: citation shown by ``hf-foco optimizers`` and in model cards.
+        state_bytes_per_param: optimizer state per fp32 parameter, for tables and memory estimates.
+        needs_half_batch_grads: the trainer must produce two half-batch gradients per step (FOP).
+        needs_layer_hooks: the optimizer hooks model layers; it is built with ``model=`` and the trainer
+            calls ``optimizer.attach(model)`` once the model is wrapped (K-FAC, FOP).
+        supports_sharded_params: elementwise rules work on FSDP2 DTensors and DeepSpeed flat shards.
+        description: when to use it, one line.
+    """
+
+    name: str
+    cls: type[torch.optim.Optimizer]
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    paper: str = ""
+    state_bytes_per_param: float | None = None
+    needs_half_batch_grads: bool = False
+    needs_layer_hooks: bool = False
+    supports_sharded_params: bool = True
+    description: str = ""
+
+    def __post_init__(self):
+        if not (isinstance(self.cls, type) and issubclass(self.cls, torch.optim.Optimizer)):
+            raise TypeError(f"Optimizer {self.name!r}: cls must subclass torch.optim.Optimizer, got {self.cls!r}.")
+        object.__setattr__(self, "defaults", MappingProxyType(dict(self.defaults)))
+        unknown = set(self.defaults) - self.hyperparameter_names()
+        if unknown:
+            raise TypeError(f"Optimizer {self.name!r}: defaults {sorted(unknown)} are not arguments of "
+                            f"{self.cls.__name__}; valid: {sorted(self.hyperparameter_names())}.")
+
+    def hyperparameter_names(self) -> set[str]:
+        """Keyword arguments of the optimizer class (everything but ``params`` and, if any, ``model``)."""
+        sig = inspect.signature(self.cls.__init__)
+        return {n for n, p in sig.parameters.items()
+                if n not in ("self", "params", "model") and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+    def resolve_kwargs(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
+        """Defaults merged with ``overrides``; an unknown key fails naming the valid ones."""
+        valid = self.hyperparameter_names()
+        unknown = sorted(set(overrides) - valid)
+        if unknown:
+            hints = [f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, valid, 1)) else repr(k)
+                     for k in unknown]
+            raise ValueError(f"Unknown hyperparameter(s) for optimizer {self.name!r}: {', '.join(hints)}. "
+                             f"Valid keys: {', '.join(sorted(valid))}.")
+        return {**self.defaults, **overrides}
+
+
+_REGISTRY: dict[str, OptimizerSpec] = {}
+_entry_points_loaded = False
+
+
+def register_optimizer(name: str, cls: type[torch.optim.Optimizer] | None = None, *, overwrite: bool = False,
+                       **record) -> Any:
+    """Register ``cls`` under ``name``; without ``cls`` it returns a class decorator.
+
+    ``record`` holds the other :class:`OptimizerSpec` fields (``defaults``, ``paper``, capability flags).
+    Registering an existing name raises unless ``overwrite=True``.
+    """
+    if cls is None:
+        def decorator(klass):
+            register_optimizer(name, klass, overwrite=overwrite, **record)
+            return klass
+        return decorator
+    key = name.lower()
+    if key in _REGISTRY and not overwrite:
+        raise ValueError(f"An optimizer named {key!r} is already registered ({_REGISTRY[key].cls.__name__}); "
+                         "pass overwrite=True to replace it.")
+    spec = OptimizerSpec(name=key, cls=cls, **record)
+    _REGISTRY[key] = spec
+    return spec
+
+
+def _load_entry_points() -> None:
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        obj = ep.load()
+        if isinstance(obj, OptimizerSpec):
+            _REGISTRY.setdefault(obj.name, obj)
+        elif callable(obj):
+            obj()
+        else:
+            raise TypeError(f"Entry point {ep.name!r} in group {ENTRY_POINT_GROUP!r} must load an "
+                            f"OptimizerSpec or a callable that registers, got {type(obj).__name__}.")
+
+
+def is_registered(name: str) -> bool:
+    _load_entry_points()
+    return isinstance(name, str) and name.lower() in _REGISTRY
+
+
+def get_optimizer(name: str) -> OptimizerSpec:
+    """The record for ``name``; an unknown name fails with the known names and the closest match."""
+    _load_entry_points()
+    spec = _REGISTRY.get(name.lower()) if isinstance(name, str) else None
+    if spec is None:
+        known = sorted(_REGISTRY)
+        close = difflib.get_close_matches(str(name).lower(), known, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise KeyError(f"Unknown optimizer {name!r}.{hint} Known optimizers: {', '.join(known)}.")
+    return spec
+
+
+def list_optimizers() -> list[OptimizerSpec]:
+    """Every registered record, sorted by name."""
+    _load_entry_points()
+    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+
+
+class RegisteredNames:
+    """A live view of the registry's names (``in`` and iteration), for argparse ``choices``."""
+
+    def __contains__(self, name) -> bool:
+        return is_registered(name)
+
+    def __iter__(self):
+        return iter(spec.name for spec in list_optimizers())
+
+    def __repr__(self) -> str:
+        return f"RegisteredNames({list(self)})"
+
+
+def create_optimizer(name: str, params_or_model: torch.nn.Module | Iterable, **overrides) -> torch.optim.Optimizer:
+    """Build the registered optimizer ``name``.
+
+    ``params_or_model`` is either parameters / parameter groups, used as given, or an ``nn.Module``, whose
+    parameters are grouped by :func:`hf_foco.optim.grouping.param_groups` (weight decay on >= 2-D weights
+    only, as nanoGPT). Optimizers that need layer hooks require the module.
+    """
+    from .grouping import param_groups
+
+    spec = get_optimizer(name)
+    kwargs = spec.resolve_kwargs(overrides)
+    if isinstance(params_or_model, torch.nn.Module):
+        model = params_or_model
+        params = param_groups(model, kwargs.get("weight_decay", 0.0))
+    else:
+        model, params = None, params_or_model
+    if spec.needs_layer_hooks:
+        if model is None:
+            raise TypeError(f"Optimizer {spec.name!r} hooks model layers: pass the model, not its parameters.")
+        return spec.cls(params, model=model, **kwargs)
+    return spec.cls(params, **kwargs)
+

@@ -1,0 +1,59 @@
+"""Signum (Bernstein et al., 2018): the sign of a gradient momentum, with decoupled weight decay.
+
+    m <- beta*m + (1-beta)*g
+    theta <- theta - lr*(sign(m) + wd*theta)
+
+The momentum persists across steps (a widely used third-party "Signum" reset it every step, which is
+plain signSGD). FOCUS with gamma = 0 is exactly this rule.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import ElementwiseOptimizer, default_foreach, group_by_device_and_dtype
+from .validation import check_lr, check_unit_interval, check_weight_decay
+
+
+class Signum(ElementwiseOptimizer):
+    """Sign of momentum. ``momentum`` in [0, 1); 0 gives signSGD. fp32 momentum for any param dtype."""
+
+    state_names = ("exp_avg",)
+
+    def __init__(self, params, lr: float = 1e-4, momentum: float = 0.9, weight_decay: float = 0.0,
+                 foreach: bool | None = None):
+        check_lr(lr)
+        check_unit_interval("momentum", momentum)
+        check_weight_decay(weight_decay)
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, foreach=foreach))
+
+    def _init_state(self, p):
+        return {"exp_avg": torch.zeros_like(p, dtype=torch.float32, memory_format=torch.preserve_format)}
+
+    def _apply(self, group, params, grads, states, steps):
+        foreach = group["foreach"]
+        if foreach is None:
+            foreach = default_foreach(params)
+        fn = _multi_tensor_signum if foreach else _single_tensor_signum
+        fn(params, grads, states["exp_avg"], steps, lr=group["lr"], momentum=group["momentum"],
+           weight_decay=group["weight_decay"])
+
+
+def _single_tensor_signum(params, grads, exp_avgs, steps, *, lr, momentum, weight_decay):
+    for p, g, m, step in zip(params, grads, exp_avgs, steps):
+        step += 1
+        m.lerp_(g.float(), 1 - momentum)
+        if weight_decay:
+            p.mul_(1 - lr * weight_decay)
+        p.add_(torch.sign(m).to(p.dtype), alpha=-lr)
+
+
+def _multi_tensor_signum(params, grads, exp_avgs, steps, *, lr, momentum, weight_decay):
+    for p_list, g_list, m_list, step_list in group_by_device_and_dtype([params, grads, exp_avgs, steps]):
+        torch._foreach_add_(step_list, 1)
+        if g_list[0].dtype != torch.float32:
+            g_list = [g.float() for g in g_list]
+        torch._foreach_lerp_(m_list, g_list, 1 - momentum)
+        if weight_decay:
+            torch._foreach_mul_(p_list, 1 - lr * weight_decay)
+        torch._foreach_add_(p_list, torch._foreach_sign(m_list), alpha=-lr)
