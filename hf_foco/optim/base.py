@@ -7,7 +7,8 @@ single-tensor or multi-tensor (``torch._foreach_*``) implementation of the rule.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch.optim import Optimizer
@@ -24,8 +25,22 @@ class ElementwiseOptimizer(Optimizer):
 
     state_names: tuple[str, ...] = ()
 
+    def state_dtype(self, name: str, p: torch.Tensor) -> torch.dtype:
+        """dtype of state tensor ``name`` for parameter ``p``: fp32 unless a subclass says otherwise."""
+        return torch.float32
+
     def _init_state(self, p: torch.Tensor) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        return {name: torch.zeros_like(p, dtype=self.state_dtype(name, p), memory_format=torch.preserve_format)
+                for name in self.state_names}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """torch casts loaded floating-point state to the parameter's dtype; restore the declared
+        dtypes so a resumed run continues with exactly the state it saved."""
+        super().load_state_dict(state_dict)
+        for p, state in self.state.items():
+            for name in self.state_names:
+                if name in state:
+                    state[name] = state[name].to(self.state_dtype(name, p))
 
     def _apply(self, group: dict, params, grads, states: dict[str, list], steps: list) -> None:
         raise NotImplementedError
@@ -67,16 +82,44 @@ class ElementwiseOptimizer(Optimizer):
         return loss
 
 
-def group_by_device_and_dtype(tensorlists: list[list[torch.Tensor]]):
-    """Yield per-(device, dtype) sublists of ``tensorlists`` (the first list decides the grouping).
+def _device_and_dtype(row: tuple[torch.Tensor, ...]) -> tuple:
+    return row[0].device, row[0].dtype
 
-    ``torch._foreach_*`` kernels need tensors of one device and dtype; this is torch's own grouping.
+
+def group_by_device_and_dtype(tensorlists: list[list[torch.Tensor]], key=_device_and_dtype):
+    """Yield the sublists of ``tensorlists`` whose rows share ``key`` (by default the parameter's
+    device and dtype, the parameter being the first list).
+
+    ``torch._foreach_*`` kernels take their fast path on lists of one device and dtype. Unlike torch's
+    private helper, states may have their own dtypes (foco keeps bf16/fp16 states next to fp32 weights).
     """
-    grouped = Optimizer._group_tensors_by_device_and_dtype(tensorlists)
-    for (_device, _dtype), (lists, _indices) in grouped.items():
-        yield lists
+    groups: dict[tuple, list[list[torch.Tensor]]] = {}
+    for row in zip(*tensorlists):
+        columns = groups.setdefault(key(row), [[] for _ in tensorlists])
+        for column, tensor in zip(columns, row):
+            column.append(tensor)
+    yield from groups.values()
 
 
 def default_foreach(params: list[torch.Tensor]) -> bool:
     """torch's rule: use the multi-tensor path whenever every tensor is a native CPU/CUDA tensor."""
     return all(type(p) is torch.Tensor or type(p) is torch.nn.Parameter for p in params)
+
+
+def as_fp32(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """fp32 versions of ``tensors`` (the same objects when already fp32)."""
+    return [t if t.dtype == torch.float32 else t.float() for t in tensors]
+
+
+@contextmanager
+def fp32_params(params: list[torch.Tensor]) -> Iterator[list[torch.Tensor]]:
+    """Update low-precision parameters through fp32 copies, written back once at the end.
+
+    bf16 cannot represent 1 - lr*wd (it rounds to 1) nor many sums theta - lr*u, and foreach kernels
+    round scalars to the list's dtype: without this, weight decay silently vanishes in bf16.
+    """
+    theta = as_fp32(params)
+    yield theta
+    for p, t in zip(params, theta):
+        if t is not p:
+            p.copy_(t)

@@ -3,22 +3,27 @@
 Same update as :class:`hf_foco.optim.FOCUS` (official order), with 4 bytes of state per parameter
 instead of 8:
 
-* ``exp_avg`` (bf16): only its sign is used, and bf16 keeps fp32's exponent range.
-* ``disp`` (bf16): the displacement d = theta - theta_hat from the bias-corrected parameter EMA, instead
-  of the EMA itself. A bf16 EMA of theta cannot resolve theta - theta_hat (of the order of lr, far below
-  bf16's resolution of theta); d itself is a small number that bf16 stores to 3 significant digits.
-  The bias-corrected EMA obeys theta_hat <- theta_hat + a_t*(theta - theta_hat) with
-  a_t = (1-b2)/(1-b2**t), so d follows exactly:
+* ``exp_avg`` in bf16: only its sign is used; bf16 keeps fp32's exponent range, so tiny gradients do not
+  underflow to a zero momentum.
+* ``pull`` in fp16: e = theta_hat - theta, the pull toward the bias-corrected parameter EMA, instead of
+  the EMA itself. A 16-bit EMA of theta cannot resolve theta - theta_hat, which is of the order of lr and
+  far below the resolution of theta; e itself is a small number, stored to 11 significant bits. The
+  bias-corrected EMA obeys theta_hat <- theta_hat + a_t*(theta - theta_hat) with a_t = (1-b2)/(1-b2**t),
+  so with k_t = 1 - a_t the step is exactly:
 
-      d <- (1 - a_t)*d              (the EMA absorbs the current theta)
-      u  = sign(m) + gamma*sign(d)
-      dtheta = -lr*u - lr*wd*(theta - d)
-      theta <- theta + dtheta ;  d <- d + dtheta
+      theta_hat = theta + k_t*e             (the EMA absorbs the current theta)
+      u  = sign(m) - gamma*sign(e)          (sign(theta - theta_hat) = -sign(e) since k_t > 0 for t > 1)
+      theta <- theta - lr*u - lr*wd*theta_hat
+      e <- theta_hat - theta
 
-  d is written back with stochastic rounding, so the rounding error of the slow EMA decay is unbiased.
+  fp16 rather than bf16 for e: its relative step 2**-11 is finer than the per-step EMA decay 1 - b2 for
+  every b2 <= 0.999, so round-to-nearest never freezes the EMA (bf16's 2**-8 would for b2 = 0.999). e is
+  rounded once per step, from fp32.
 
-The multi-tensor step is grouped by device and dtype; on CUDA a ``torch.compile``-fused step reads
-theta, g, m, d once and writes theta, m, d once (20 bytes per parameter with fp32 weights).
+Two implementations of the same rule: a multi-tensor (``torch._foreach_*``) step grouped by device and
+dtype, and a fused step (``torch.compile`` of one elementwise kernel, compiled once with dynamic shapes)
+that reads theta, g, m, e once and writes theta, m, e once: 20 bytes per fp32 parameter. The fused step is
+the default on CUDA and can be requested anywhere torch.compile works (``fused=True``).
 """
 
 from __future__ import annotations
@@ -28,17 +33,20 @@ import torch
 from .base import ElementwiseOptimizer, default_foreach, group_by_device_and_dtype
 from .validation import check_betas, check_lr, check_unit_interval, check_weight_decay
 
-STATE_DTYPE = torch.bfloat16
+MOMENTUM_DTYPE = torch.bfloat16
+PULL_DTYPE = torch.float16
 
 
 class Foco(ElementwiseOptimizer):
-    """FOCUS in 4 bytes of state per parameter.
+    """FOCUS in 4 bytes of optimizer state per parameter.
 
-    Args: as :class:`~hf_foco.optim.FOCUS` (official decay order), plus ``fused``: use the
-    ``torch.compile``-fused step (default: on for CUDA tensors).
+    Args:
+        params, lr, betas, gamma, weight_decay: as :class:`~hf_foco.optim.FOCUS` (official decay order).
+        foreach: multi-tensor implementation (default on for plain tensors).
+        fused: ``torch.compile``-fused step (default: on when every parameter is a CUDA tensor).
     """
 
-    state_names = ("exp_avg", "disp")
+    state_names = ("exp_avg", "pull")
 
     def __init__(self, params, lr: float = 0.01, betas=(0.9, 0.999), gamma: float = 0.1,
                  weight_decay: float = 0.0, foreach: bool | None = None, fused: bool | None = None):
@@ -46,59 +54,89 @@ class Foco(ElementwiseOptimizer):
         check_betas(betas)
         check_unit_interval("gamma", gamma)
         check_weight_decay(weight_decay)
+        if fused and foreach:
+            raise ValueError("foco: choose fused=True or foreach=True, not both.")
         defaults = dict(lr=lr, betas=tuple(betas), gamma=gamma, weight_decay=weight_decay,
                         foreach=foreach, fused=fused)
         super().__init__(params, defaults)
 
-    def _init_state(self, p):
-        return {name: torch.zeros_like(p, dtype=STATE_DTYPE, memory_format=torch.preserve_format)
-                for name in self.state_names}
+    def state_dtype(self, name, p):
+        return MOMENTUM_DTYPE if name == "exp_avg" else PULL_DTYPE
 
     def _apply(self, group, params, grads, states, steps):
-        foreach = group["foreach"]
+        fused, foreach = group["fused"], group["foreach"]
+        if fused is None:
+            fused = not foreach and all(p.is_cuda for p in params) and default_foreach(params)
         if foreach is None:
             foreach = default_foreach(params)
+        fn = _fused_foco if fused else _multi_tensor_foco if foreach else _single_tensor_foco
         beta1, beta2 = group["betas"]
-        fn = _multi_tensor_foco if foreach else _single_tensor_foco
-        fn(params, grads, states["exp_avg"], states["disp"], steps, lr=group["lr"], beta1=beta1,
+        fn(params, grads, states["exp_avg"], states["pull"], steps, lr=group["lr"], beta1=beta1,
            beta2=beta2, gamma=group["gamma"], weight_decay=group["weight_decay"])
 
 
-def _stochastic_round_(dst: torch.Tensor, src: torch.Tensor) -> None:
-    """Write fp32 ``src`` into bf16 ``dst`` rounding up or down with probability by proximity."""
-    bits = src.view(torch.int32)
-    noise = torch.randint_like(bits, 0, 1 << 16)
-    dst.copy_(((bits + noise) & -65536).view(torch.float32))
+def _ema_keep(beta2: float, step: float) -> float:
+    """k_t = 1 - a_t: the fraction of the pull that survives the bias-corrected EMA update at step t."""
+    return 1 - (1 - beta2) / (1 - beta2 ** step)
 
 
-def _single_tensor_foco(params, grads, exp_avgs, disps, steps, *, lr, beta1, beta2, gamma, weight_decay):
-    for p, g, m, d, step in zip(params, grads, exp_avgs, disps, steps):
+def _single_tensor_foco(params, grads, exp_avgs, pulls, steps, *, lr, beta1, beta2, gamma, weight_decay):
+    for p, g, m, e, step in zip(params, grads, exp_avgs, pulls, steps):
         step += 1
-        keep = 1 - (1 - beta2) / (1 - beta2 ** step.item())
-        m.copy_(torch.lerp(m.float(), g.float(), 1 - beta1))
-        d32 = d.float().mul_(keep)
-        theta = p.float()
-        dtheta = torch.sign(d32).mul_(gamma).add_(torch.sign(m)).mul_(-lr)
+        m.add_(g - m, alpha=1 - beta1)
+        theta_hat = p.add(e, alpha=_ema_keep(beta2, step.item()))
+        p.add_(torch.sign(m), alpha=-lr)
+        p.add_(torch.sign(e), alpha=lr * gamma)
         if weight_decay:
-            dtheta.add_(theta - d32, alpha=-lr * weight_decay)
-        p.copy_(theta.add_(dtheta))
-        _stochastic_round_(d, d32.add_(dtheta))
+            p.add_(theta_hat, alpha=-lr * weight_decay)
+        e.copy_(theta_hat.sub_(p))
 
 
-def _multi_tensor_foco(params, grads, exp_avgs, disps, steps, *, lr, beta1, beta2, gamma, weight_decay):
-    for p_list, g_list, m_list, d_list, step_list in group_by_device_and_dtype(
-            [params, grads, exp_avgs, disps, steps]):
-        torch._foreach_add_(step_list, 1)
-        keep = [1 - (1 - beta2) / (1 - beta2 ** s.item()) for s in step_list]
-        torch._foreach_mul_(m_list, beta1)
-        torch._foreach_add_(m_list, g_list, alpha=1 - beta1)
-        d32 = torch._foreach_mul([d.float() for d in d_list], keep)
-        dtheta = torch._foreach_sign(d32)
-        torch._foreach_mul_(dtheta, -lr * gamma)
-        torch._foreach_add_(dtheta, torch._foreach_sign(m_list), alpha=-lr)
+def _step_of(row: tuple[torch.Tensor, ...]) -> tuple:
+    return row[0].device, row[0].dtype, row[-1].item()
+
+
+def _multi_tensor_foco(params, grads, exp_avgs, pulls, steps, *, lr, beta1, beta2, gamma, weight_decay):
+    torch._foreach_add_(steps, 1)
+    # One foreach group per (device, dtype, step): k_t is then a plain scalar of the group.
+    for p_list, g_list, m_list, e_list, step_list in group_by_device_and_dtype(
+            [params, grads, exp_avgs, pulls, steps], key=_step_of):
+        # m += (1-b1)*(g - m) in fp32 arithmetic: a foreach scalar multiply of a bf16 list would round b1.
+        torch._foreach_add_(m_list, torch._foreach_sub(g_list, m_list), alpha=1 - beta1)
+        theta_hat = torch._foreach_add(p_list, e_list, alpha=_ema_keep(beta2, step_list[0].item()))
+        torch._foreach_add_(p_list, torch._foreach_sign(m_list), alpha=-lr)
+        torch._foreach_add_(p_list, torch._foreach_sign(e_list), alpha=lr * gamma)
         if weight_decay:
-            torch._foreach_add_(dtheta, torch._foreach_sub(p_list, d32), alpha=-lr * weight_decay)
-        torch._foreach_add_(p_list, dtheta)
-        torch._foreach_add_(d32, dtheta)
-        for d, src in zip(d_list, d32):
-            _stochastic_round_(d, src)
+            torch._foreach_add_(p_list, theta_hat, alpha=-lr * weight_decay)
+        torch._foreach_sub_(theta_hat, p_list)
+        torch._foreach_copy_(e_list, theta_hat)
+
+
+def _foco_kernel(p, g, m, e, hyper):
+    """One parameter's whole step as one elementwise expression, for torch.compile to fuse."""
+    keep, lr, one_minus_beta1, gamma, weight_decay = hyper.unbind()
+    m32 = torch.lerp(m.float(), g.float(), one_minus_beta1)
+    e32 = e.float()
+    theta = p.float()
+    theta_hat = theta + keep * e32
+    new_theta = theta - lr * (torch.sign(m32) - gamma * torch.sign(e32) + weight_decay * theta_hat)
+    p.copy_(new_theta)
+    m.copy_(m32)
+    e.copy_(theta_hat - new_theta)
+
+
+_compiled_kernel = None
+
+
+def _fused_foco(params, grads, exp_avgs, pulls, steps, *, lr, beta1, beta2, gamma, weight_decay):
+    global _compiled_kernel
+    if _compiled_kernel is None:
+        _compiled_kernel = torch.compile(_foco_kernel, dynamic=True, fullgraph=True)
+    hypers = {}
+    for p, g, m, e, step in zip(params, grads, exp_avgs, pulls, steps):
+        step += 1
+        key = (p.device, step.item())
+        if key not in hypers:
+            hypers[key] = torch.tensor([_ema_keep(beta2, key[1]), lr, 1 - beta1, gamma, weight_decay],
+                                       dtype=torch.float32, device=p.device)
+        _compiled_kernel(p, g, m, e, hypers[key])

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import ElementwiseOptimizer, default_foreach, group_by_device_and_dtype
+from .base import ElementwiseOptimizer, as_fp32, default_foreach, fp32_params, group_by_device_and_dtype
 from .validation import check_betas, check_choice, check_lr, check_unit_interval, check_weight_decay
 
 DECAY_ORDERS = ("official", "paper")
@@ -49,9 +49,6 @@ class FOCUS(ElementwiseOptimizer):
                         decay_order=decay_order, foreach=foreach)
         super().__init__(params, defaults)
 
-    def _init_state(self, p):
-        return {name: torch.zeros_like(p, dtype=torch.float32, memory_format=torch.preserve_format)
-                for name in self.state_names}
 
     def _apply(self, group, params, grads, states, steps):
         foreach = group["foreach"]
@@ -68,18 +65,19 @@ def _single_tensor_focus(params, grads, exp_avgs, param_avgs, steps, *, lr, beta
                          weight_decay, decay_order):
     for p, g, m, pbar, step in zip(params, grads, exp_avgs, param_avgs, steps):
         step += 1
-        theta = p.float()
+        correction = 1 - beta2 ** step.item()
         m.lerp_(g.float(), 1 - beta1)
-        pbar.lerp_(theta, 1 - beta2)
-        phat = pbar / (1 - beta2 ** step.item())
-        if weight_decay and decay_order == "paper":
-            theta.add_(phat, alpha=-lr * weight_decay)
-        update = torch.sign(theta - phat).mul_(gamma).add_(torch.sign(m))
-        theta.add_(update, alpha=-lr)
-        if weight_decay and decay_order == "official":
-            theta.add_(phat, alpha=-lr * weight_decay)
-        if theta is not p:
-            p.copy_(theta)
+        with fp32_params([p]) as (theta,):
+            pbar.lerp_(theta, 1 - beta2)
+            phat = pbar / correction
+            if weight_decay and decay_order == "paper":
+                theta.add_(phat, alpha=-lr * weight_decay)
+            # sign(theta - phat) as sign(correction*theta - pbar): exactly 0 at t = 1, where pbar is
+            # (1-b2)*theta computed by the same multiply, whereas pbar/(1-b2) may miss theta by an ulp.
+            update = torch.sign(theta * correction - pbar).mul_(gamma).add_(torch.sign(m))
+            theta.add_(update, alpha=-lr)
+            if weight_decay and decay_order == "official":
+                theta.add_(phat, alpha=-lr * weight_decay)
 
 
 def _multi_tensor_focus(params, grads, exp_avgs, param_avgs, steps, *, lr, beta1, beta2, gamma,
@@ -87,20 +85,18 @@ def _multi_tensor_focus(params, grads, exp_avgs, param_avgs, steps, *, lr, beta1
     for p_list, g_list, m_list, pbar_list, step_list in group_by_device_and_dtype(
             [params, grads, exp_avgs, param_avgs, steps]):
         torch._foreach_add_(step_list, 1)
-        low_precision = p_list[0].dtype != torch.float32
-        theta = [p.float() for p in p_list] if low_precision else p_list
-        g32 = [g.float() for g in g_list] if low_precision else g_list
-        torch._foreach_lerp_(m_list, g32, 1 - beta1)
-        torch._foreach_lerp_(pbar_list, theta, 1 - beta2)
-        phat = torch._foreach_div(pbar_list, [1 - beta2 ** s.item() for s in step_list])
-        if weight_decay and decay_order == "paper":
-            torch._foreach_add_(theta, phat, alpha=-lr * weight_decay)
-        update = torch._foreach_sub(theta, phat)
-        torch._foreach_sign_(update)
-        torch._foreach_mul_(update, gamma)
-        torch._foreach_add_(update, torch._foreach_sign(m_list))
-        torch._foreach_add_(theta, update, alpha=-lr)
-        if weight_decay and decay_order == "official":
-            torch._foreach_add_(theta, phat, alpha=-lr * weight_decay)
-        if low_precision:
-            torch._foreach_copy_(p_list, theta)
+        corrections = [1 - beta2 ** s.item() for s in step_list]
+        torch._foreach_lerp_(m_list, as_fp32(g_list), 1 - beta1)
+        with fp32_params(p_list) as theta:
+            torch._foreach_lerp_(pbar_list, theta, 1 - beta2)
+            phat = torch._foreach_div(pbar_list, corrections)
+            if weight_decay and decay_order == "paper":
+                torch._foreach_add_(theta, phat, alpha=-lr * weight_decay)
+            update = torch._foreach_mul(theta, corrections)
+            torch._foreach_sub_(update, pbar_list)
+            torch._foreach_sign_(update)
+            torch._foreach_mul_(update, gamma)
+            torch._foreach_add_(update, torch._foreach_sign(m_list))
+            torch._foreach_add_(theta, update, alpha=-lr)
+            if weight_decay and decay_order == "official":
+                torch._foreach_add_(theta, phat, alpha=-lr * weight_decay)

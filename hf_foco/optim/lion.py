@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import ElementwiseOptimizer, default_foreach, group_by_device_and_dtype
+from .base import ElementwiseOptimizer, as_fp32, default_foreach, fp32_params, group_by_device_and_dtype
 from .validation import check_betas, check_lr, check_weight_decay
 
 
@@ -25,8 +25,6 @@ class Lion(ElementwiseOptimizer):
         check_weight_decay(weight_decay)
         super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, foreach=foreach))
 
-    def _init_state(self, p):
-        return {"exp_avg": torch.zeros_like(p, dtype=torch.float32, memory_format=torch.preserve_format)}
 
     def _apply(self, group, params, grads, states, steps):
         foreach = group["foreach"]
@@ -43,20 +41,21 @@ def _single_tensor_lion(params, grads, exp_avgs, steps, *, lr, beta1, beta2, wei
         step += 1
         g = g.float()
         direction = torch.lerp(m, g, 1 - beta1).sign_()
-        if weight_decay:
-            p.mul_(1 - lr * weight_decay)
-        p.add_(direction.to(p.dtype), alpha=-lr)
+        with fp32_params([p]) as (theta,):
+            if weight_decay:
+                theta.mul_(1 - lr * weight_decay)
+            theta.add_(direction, alpha=-lr)
         m.lerp_(g, 1 - beta2)
 
 
 def _multi_tensor_lion(params, grads, exp_avgs, steps, *, lr, beta1, beta2, weight_decay):
     for p_list, g_list, m_list, step_list in group_by_device_and_dtype([params, grads, exp_avgs, steps]):
         torch._foreach_add_(step_list, 1)
-        if g_list[0].dtype != torch.float32:
-            g_list = [g.float() for g in g_list]
+        g_list = as_fp32(g_list)
         direction = torch._foreach_lerp(m_list, g_list, 1 - beta1)
         torch._foreach_sign_(direction)
-        if weight_decay:
-            torch._foreach_mul_(p_list, 1 - lr * weight_decay)
-        torch._foreach_add_(p_list, direction, alpha=-lr)
+        with fp32_params(p_list) as theta:
+            if weight_decay:
+                torch._foreach_mul_(theta, 1 - lr * weight_decay)
+            torch._foreach_add_(theta, direction, alpha=-lr)
         torch._foreach_lerp_(m_list, g_list, 1 - beta2)

@@ -151,12 +151,14 @@ class RegisteredNames:
         return f"RegisteredNames({list(self)})"
 
 
-def create_optimizer(name: str, params_or_model: torch.nn.Module | Iterable, **overrides) -> torch.optim.Optimizer:
+def create_optimizer(name: str, params_or_model: torch.nn.Module | Iterable, *, weight_decay_policy: str = "nanogpt",
+                     **overrides) -> torch.optim.Optimizer:
     """Build the registered optimizer ``name``.
 
     ``params_or_model`` is either parameters / parameter groups, used as given, or an ``nn.Module``, whose
-    parameters are grouped by :func:`hf_foco.optim.grouping.param_groups` (weight decay on >= 2-D weights
-    only, as nanoGPT). Optimizers that need layer hooks require the module.
+    parameters are grouped by :func:`hf_foco.optim.grouping.param_groups` with ``weight_decay_policy``
+    (default: weight decay on >= 2-D weights only, as nanoGPT). Optimizers that need layer hooks require
+    the module.
     """
     from .grouping import param_groups
 
@@ -164,7 +166,7 @@ def create_optimizer(name: str, params_or_model: torch.nn.Module | Iterable, **o
     kwargs = spec.resolve_kwargs(overrides)
     if isinstance(params_or_model, torch.nn.Module):
         model = params_or_model
-        params = param_groups(model, kwargs.get("weight_decay", 0.0))
+        params = param_groups(model, kwargs.get("weight_decay", 0.0), policy=weight_decay_policy)
     else:
         model, params = None, params_or_model
     if spec.needs_layer_hooks:

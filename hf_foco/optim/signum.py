@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import ElementwiseOptimizer, default_foreach, group_by_device_and_dtype
+from .base import ElementwiseOptimizer, as_fp32, default_foreach, fp32_params, group_by_device_and_dtype
 from .validation import check_lr, check_unit_interval, check_weight_decay
 
 
@@ -27,8 +27,6 @@ class Signum(ElementwiseOptimizer):
         check_weight_decay(weight_decay)
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, foreach=foreach))
 
-    def _init_state(self, p):
-        return {"exp_avg": torch.zeros_like(p, dtype=torch.float32, memory_format=torch.preserve_format)}
 
     def _apply(self, group, params, grads, states, steps):
         foreach = group["foreach"]
@@ -43,17 +41,17 @@ def _single_tensor_signum(params, grads, exp_avgs, steps, *, lr, momentum, weigh
     for p, g, m, step in zip(params, grads, exp_avgs, steps):
         step += 1
         m.lerp_(g.float(), 1 - momentum)
-        if weight_decay:
-            p.mul_(1 - lr * weight_decay)
-        p.add_(torch.sign(m).to(p.dtype), alpha=-lr)
+        with fp32_params([p]) as (theta,):
+            if weight_decay:
+                theta.mul_(1 - lr * weight_decay)
+            theta.add_(torch.sign(m), alpha=-lr)
 
 
 def _multi_tensor_signum(params, grads, exp_avgs, steps, *, lr, momentum, weight_decay):
     for p_list, g_list, m_list, step_list in group_by_device_and_dtype([params, grads, exp_avgs, steps]):
         torch._foreach_add_(step_list, 1)
-        if g_list[0].dtype != torch.float32:
-            g_list = [g.float() for g in g_list]
-        torch._foreach_lerp_(m_list, g_list, 1 - momentum)
-        if weight_decay:
-            torch._foreach_mul_(p_list, 1 - lr * weight_decay)
-        torch._foreach_add_(p_list, torch._foreach_sign(m_list), alpha=-lr)
+        torch._foreach_lerp_(m_list, as_fp32(g_list), 1 - momentum)
+        with fp32_params(p_list) as theta:
+            if weight_decay:
+                torch._foreach_mul_(theta, 1 - lr * weight_decay)
+            torch._foreach_add_(theta, torch._foreach_sign(m_list), alpha=-lr)
