@@ -4,4 +4,14 @@ from .optim import create_optimizer, get_optimizer, list_optimizers, register_op
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "create_optimizer", "get_optimizer", "list_optimizers", "register_optimizer"]
+__all__ = ["FocoTrainer", "FocoTrainingArguments", "__version__", "create_optimizer", "get_optimizer",
+           "list_optimizers", "register_optimizer"]
+
+
+def __getattr__(name: str):
+    """FocoTrainer and FocoTrainingArguments on first use: ``import hf_foco`` does not load transformers."""
+    if name in ("FocoTrainer", "FocoTrainingArguments"):
+        from . import trainer
+
+        return getattr(trainer, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

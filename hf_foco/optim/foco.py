@@ -28,10 +28,15 @@ the default on CUDA and can be requested anywhere torch.compile works (``fused=T
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from .base import ElementwiseOptimizer, default_foreach, group_by_device_and_dtype
 from .validation import check_betas, check_lr, check_unit_interval, check_weight_decay
+
+# Inductor notes that the fused kernel mixes the bf16 momentum and the fp16 pull; that is by design.
+warnings.filterwarnings("ignore", message="bf16 and fp16 are mixed in the scheduler node")
 
 MOMENTUM_DTYPE = torch.bfloat16
 PULL_DTYPE = torch.float16
@@ -139,4 +144,5 @@ def _fused_foco(params, grads, exp_avgs, pulls, steps, *, lr, beta1, beta2, gamm
         if key not in hypers:
             hypers[key] = torch.tensor([_ema_keep(beta2, key[1]), lr, 1 - beta1, gamma, weight_decay],
                                        dtype=torch.float32, device=p.device)
-        _compiled_kernel(p, g, m, e, hypers[key])
+        # Flat views: one compiled kernel then serves every parameter shape (no recompiles per rank).
+        _compiled_kernel(p.view(-1), g.view(-1), m.view(-1), e.view(-1), hypers[key])

@@ -1,0 +1,195 @@
+"""A cheap training-stability monitor: logs what diverging runs look like, and refuses non-finite updates.
+
+Sign-based optimizers (FOCUS, foco, Lion) run at learning rates where AdamW would blow up; when they do
+go wrong the signs are a gradient's spikes, a collapsing or exploding update-to-weight ratio, and NaNs.
+:class:`StabilityCallback` watches for them at almost no cost:
+
+* ``grad_norm`` (before clipping) is the Trainer's own, read from its logs, not recomputed;
+* ``update_ratio`` = ||theta_after - theta_before|| / ||theta_before|| is measured only on steps that
+  log (one parameter copy every ``logging_steps`` steps);
+* a loss spike is a logged loss more than ``spike_zscore`` standard deviations above the mean of the
+  trailing ``spike_window`` logged losses (spikes are kept out of the window);
+* the guard checks the (clipped) gradients before every optimizer step: one fused norm over them. A
+  non-finite loss gives non-finite gradients, so it is caught too. The step's gradients are dropped, so
+  the optimizer skips every parameter and its state does not advance; an optimizer that keeps gradients
+  outside ``p.grad`` gets ``skip_step()`` called to drop them (and must make the following ``step()``
+  a no-op). The step is counted. After
+  ``max_bad_steps`` such steps in a row, :class:`TrainingDivergedError` stops training before anything
+  is saved, so the last checkpoint is the last good one. (The LR schedule still advances on a skipped
+  step, as it does on fp16 overflow steps.)
+
+The summary goes to ``stability.json`` in the output directory and, as a ``stability`` entry, to the
+Trainer's log history.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import deque
+
+import torch
+from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
+
+STABILITY_FILE = "stability.json"
+
+
+class TrainingDivergedError(RuntimeError):
+    """Too many consecutive optimizer steps had non-finite gradients."""
+
+
+def _is_logging_step(args, state, step: int) -> bool:
+    """Mirrors DefaultFlowCallback: the steps whose logs will carry the ratio."""
+    if args.logging_strategy != "steps" or not state.logging_steps:
+        return False
+    return step % state.logging_steps == 0 or (step == 1 and args.logging_first_step)
+
+
+def monitor_of(trainer) -> StabilityCallback | None:
+    """The trainer's StabilityCallback, if it has one."""
+    return next((cb for cb in trainer.callback_handler.callbacks if isinstance(cb, StabilityCallback)), None)
+
+
+def _norms(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Per-tensor L2 norms as one fp32 vector (one fused kernel per device and dtype)."""
+    device = tensors[0].device
+    return torch.stack([n.to(device=device, dtype=torch.float32) for n in torch._foreach_norm(tensors)])
+
+
+class StabilityCallback(TrainerCallback, ExportableState):
+    """Grad-norm / update-ratio / loss-spike logging and a non-finite-update guard (see module docstring)."""
+
+    def __init__(self, spike_window: int = 50, spike_zscore: float = 6.0, max_bad_steps: int = 5):
+        if spike_window < 2 or spike_zscore <= 0 or max_bad_steps < 1:
+            raise ValueError(f"StabilityCallback needs spike_window >= 2, spike_zscore > 0 and max_bad_steps >= 1; "
+                             f"got {spike_window}, {spike_zscore}, {max_bad_steps}.")
+        self.spike_window, self.spike_zscore, self.max_bad_steps = spike_window, spike_zscore, max_bad_steps
+        self.losses: deque[float] = deque(maxlen=spike_window)
+        self.skipped_steps: list[int] = []
+        self.consecutive_bad = 0
+        self.spikes: list[dict] = []
+        self.max_grad_norm_seen = 0.0
+        self.last_update_ratio: float | None = None
+        self._before: list[torch.Tensor] | None = None
+        self._pending_ratio: float | None = None
+        self.diverged = False
+
+    @classmethod
+    def from_args(cls, args) -> StabilityCallback:
+        """Settings from :class:`FocoTrainingArguments` (a plain TrainingArguments gets the defaults)."""
+        names = ("spike_window", "spike_zscore", "max_bad_steps")
+        return cls(**{n: getattr(args, n) for n in names if hasattr(args, n)})
+
+    # -- the guard and the update ratio -------------------------------------------------------------
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
+        params = [p for p in model.parameters() if p.grad is not None]
+        if not params:
+            return
+        if not torch.isfinite(_norms([p.grad for p in params]).sum()):
+            for p in params:
+                p.grad = None  # every optimizer skips a parameter without a gradient: no state change
+            from .trainer import unwrap_optimizer
+
+            # An optimizer that keeps gradients of its own (FOP's half-batch stash) drops them here.
+            skip_step = getattr(unwrap_optimizer(optimizer), "skip_step", None)
+            if skip_step is not None:
+                skip_step()
+            step = state.global_step + 1
+            self.skipped_steps.append(step)
+            self.consecutive_bad += 1
+            if self.consecutive_bad >= self.max_bad_steps:
+                self.diverged = True
+                self.write_summary(args, state)
+                raise TrainingDivergedError(
+                    f"Stopped at step {step}: {self.consecutive_bad} consecutive steps had non-finite gradients "
+                    f"(skipped steps: {self.skipped_steps[-self.consecutive_bad:]}). The last saved checkpoint "
+                    f"in {args.output_dir} is intact. Lower --learning_rate, add warmup (--warmup_steps), check "
+                    "the data for empty or corrupt samples, or raise --max_bad_steps."
+                )
+            return
+        self.consecutive_bad = 0
+        if _is_logging_step(args, state, state.global_step + 1):
+            self._before = [p.detach().clone() for p in params]
+
+    def on_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if self._before is None:
+            return
+        after = [p.detach() for p in model.parameters() if p.grad is not None]
+        if len(after) == len(self._before):
+            delta = _norms(torch._foreach_sub(after, self._before)).norm()
+            weight = _norms(self._before).norm()
+            self._pending_ratio = (delta / weight.clamp_min(1e-12)).item()
+        self._before = None
+
+    # -- logging ----------------------------------------------------------------------------------
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or "loss" not in logs:
+            return
+        fields: dict[str, float] = {"skipped_steps": len(self.skipped_steps)}
+        if self._pending_ratio is not None:
+            fields["update_ratio"] = self.last_update_ratio = self._pending_ratio
+            self._pending_ratio = None
+        grad_norm = logs.get("grad_norm")
+        if grad_norm is not None and math.isfinite(grad_norm):
+            self.max_grad_norm_seen = max(self.max_grad_norm_seen, grad_norm)
+        loss = logs["loss"]
+        if math.isfinite(loss):
+            z = self._zscore(loss)
+            if z is not None:
+                fields["loss_zscore"] = z
+            if z is not None and z > self.spike_zscore:
+                self.spikes.append({"step": state.global_step, "loss": loss, "zscore": z})
+            else:
+                self.losses.append(loss)
+        logs.update(fields)
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1].update(fields)
+
+    def _zscore(self, loss: float) -> float | None:
+        if len(self.losses) < min(self.spike_window, 5):
+            return None
+        mean = sum(self.losses) / len(self.losses)
+        std = math.sqrt(sum((x - mean) ** 2 for x in self.losses) / (len(self.losses) - 1))
+        return (loss - mean) / max(std, 1e-6 * abs(mean), 1e-12)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        summary = self.write_summary(args, state)
+        state.log_history.append({"stability": summary, "step": state.global_step})
+
+    # -- summary and checkpoint state -------------------------------------------------------------
+
+    def summary(self) -> dict:
+        return {
+            "status": "diverged" if self.diverged else "ok",
+            "skipped_steps": list(self.skipped_steps),
+            "num_skipped_steps": len(self.skipped_steps),
+            "loss_spikes": list(self.spikes),
+            "max_grad_norm": self.max_grad_norm_seen,
+            "last_update_ratio": self.last_update_ratio,
+            "settings": {"spike_window": self.spike_window, "spike_zscore": self.spike_zscore,
+                         "max_bad_steps": self.max_bad_steps},
+        }
+
+    def write_summary(self, args, state) -> dict:
+        summary = self.summary()
+        if state.is_world_process_zero and args.output_dir:
+            os.makedirs(args.output_dir, exist_ok=True)
+            with open(os.path.join(args.output_dir, STABILITY_FILE), "w") as f:
+                json.dump(summary, f, indent=2)
+        return summary
+
+    def state(self) -> dict:
+        return {"args": {"spike_window": self.spike_window, "spike_zscore": self.spike_zscore,
+                         "max_bad_steps": self.max_bad_steps},
+                "attributes": {"losses": list(self.losses), "skipped_steps": self.skipped_steps,
+                               "spikes": self.spikes, "max_grad_norm_seen": self.max_grad_norm_seen}}
+
+    @classmethod
+    def from_state(cls, state: dict) -> StabilityCallback:
+        instance = super().from_state(state)
+        instance.losses = deque(instance.losses, maxlen=instance.spike_window)
+        return instance
