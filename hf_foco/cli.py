@@ -1,24 +1,32 @@
 """The ``hf-foco`` command line: one subcommand per job, each defined next to the code it runs.
 
-A subcommand is a record in ``COMMANDS``: name -> (help, function that adds its arguments, function that
-runs it). Entry points that need the heavy training stack import it inside their ``run`` function, so
-``hf-foco optimizers`` stays instant.
+A subcommand is a record in ``COMMANDS``: name -> (help, module, its argument and run functions).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
 class Command:
+    """A subcommand: its help line and where its ``add_arguments(parser)`` and ``run(args)`` live.
+
+    The module is imported only when its subcommand is chosen, so ``hf-foco optimizers`` never loads the
+    training stack.
+    """
+
     help: str
-    add_arguments: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace], int | None]
+    module: str
+    add_arguments: str
+    run: str
+
+    def resolve(self, attr: str):
+        return getattr(importlib.import_module(self.module, __package__), attr)
 
 
 def _optimizers_args(parser: argparse.ArgumentParser) -> None:
@@ -56,21 +64,34 @@ def _optimizers_run(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Command] = {
-    "optimizers": Command("list registered optimizers with defaults and capabilities", _optimizers_args,
-                          _optimizers_run),
+    "optimizers": Command("list registered optimizers with defaults and capabilities",
+                          ".cli", "_optimizers_args", "_optimizers_run"),
+    "valley": Command("the synthetic narrowing valley (FOCUS paper Fig. 2): winner maps and a CSV",
+                      ".valley", "valley_args", "valley_run"),
+    "compare": Command("run an optimizer study (recipes x optimizers x LRs x seeds) and write its report",
+                       ".compare.command", "add_arguments", "run"),
+    "push": Command("upload a finished run (weights, tokenizer, card, loss curve, stability.json) to the Hub",
+                    ".trainer.push", "add_arguments", "run"),
+    "train": Command("pretrain GPT-2 from a recipe (same as scripts/run_pretrain.py RECIPE.yaml [--key value ...])",
+                     ".pretrain", "train_args", "train_run"),
 }
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
     parser = argparse.ArgumentParser(prog="hf-foco", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, command in COMMANDS.items():
-        command.add_arguments(sub.add_parser(name, help=command.help, description=command.help))
+        sub_parser = sub.add_parser(name, help=command.help, description=command.help)
+        if name == chosen:
+            command.resolve(command.add_arguments)(sub_parser)
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "accepts_extra", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra
-    return COMMANDS[args.command].run(args) or 0
+    command = COMMANDS[args.command]
+    return command.resolve(command.run)(args) or 0
 
 
 if __name__ == "__main__":

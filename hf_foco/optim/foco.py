@@ -114,7 +114,9 @@ def _multi_tensor_foco(params, grads, exp_avgs, pulls, steps, *, lr, beta1, beta
         if weight_decay:
             torch._foreach_add_(p_list, theta_hat, alpha=-lr * weight_decay)
         torch._foreach_sub_(theta_hat, p_list)
-        torch._foreach_copy_(e_list, theta_hat)
+        # e = 0 + theta_hat, rounded once to fp16 like copy_; _foreach_copy_ has no DTensor (FSDP2) rule.
+        torch._foreach_zero_(e_list)
+        torch._foreach_add_(e_list, theta_hat)
 
 
 def _foco_kernel(p, g, m, e, hyper):

@@ -33,6 +33,7 @@ import torch
 from transformers import TrainingArguments
 from transformers.training_args import OptimizerNames
 
+from ..distributed import COMPRESSION_HOOKS
 from ..optim import DECAY_POLICIES, get_optimizer, is_registered, list_optimizers
 from ..optim.validation import check_choice
 
@@ -166,6 +167,11 @@ class FocoTrainingArguments(TrainingArguments):
                                                                "the trailing mean is a spike."})
     max_bad_steps: int = field(default=5, metadata={"help": "Stop after this many consecutive steps with "
                                                             "non-finite gradients."})
+    gradient_compression: str | None = field(
+        default=None, metadata={"help": "DDP gradient compression hook (multi-process DDP only): none (fp32, with "
+                                        "byte counting), bf16, sign (1-bit signs with error feedback) or powersgd. "
+                                        "See hf_foco.distributed.compression.",
+                                "choices": tuple(COMPRESSION_HOOKS)})
 
     def __post_init__(self):
         name = getattr(self.optim, "value", self.optim)
@@ -218,6 +224,8 @@ class FocoTrainingArguments(TrainingArguments):
 
     def _check_monitor_settings(self) -> None:
         check_choice("weight_decay_policy", self.weight_decay_policy, tuple(DECAY_POLICIES))
+        if self.gradient_compression is not None:
+            check_choice("gradient_compression", self.gradient_compression, tuple(COMPRESSION_HOOKS))
         if self.spike_window < 2:
             raise ValueError(f"--spike_window={self.spike_window}: it must be >= 2 (logged losses per z-score).")
         if not (math.isfinite(self.spike_zscore) and self.spike_zscore > 0):

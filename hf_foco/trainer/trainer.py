@@ -13,6 +13,10 @@ Only three things differ from ``Trainer``; the training loop (gradient accumulat
   :meth:`training_step` (FOP's two half-batch gradients). Clipping, scheduler and ``step()`` stay the
   Trainer's. When the stability monitor skips a non-finite step it sets every ``p.grad`` to None and
   calls the optimizer's ``skip_step()`` if it has one (to drop gradients it stashed itself).
+* ``--gradient_compression NAME``: before the first step of a multi-process DDP run the trainer registers
+  that communication hook (:func:`hf_foco.distributed.register_compression`) and adds ``comm_bytes`` and
+  ``comm_ratio`` (bytes sent / an fp32 all-reduce's) to the logs. A single process has nothing to compress
+  (a warning says so); FSDP has no DDP hook (a clear error says so).
 * Defaults: a :class:`StabilityCallback` (unless ``--stability_monitor false``) and, when no
   ``compute_metrics`` is given, next-token accuracy and perplexity from the packaged evaluate module.
   ``create_model_card`` / ``push_to_hub`` write and upload a pretraining card (see :mod:`.push`).
@@ -20,14 +24,19 @@ Only three things differ from ``Trainer``; the training loop (gradient accumulat
 
 from __future__ import annotations
 
+import torch
 from accelerate.optimizer import AcceleratedOptimizer
 from transformers import Trainer
 from transformers.loss.loss_utils import ForCausalLMLoss
+from transformers.utils import logging
 
+from ..distributed import register_compression
 from ..optim import create_optimizer
 from .arguments import is_registry_optim
 from .evaluation import LMMetrics, preprocess_logits_for_lm_metrics
 from .stability import StabilityCallback, monitor_of
+
+logger = logging.get_logger(__name__)
 
 
 def unwrap_optimizer(optimizer):
@@ -47,6 +56,8 @@ class FocoTrainer(Trainer):
             # First in line, so the fields it adds to the logs reach the reporting callbacks too.
             self.callback_handler.callbacks.insert(0, StabilityCallback.from_args(self.args))
         self._attached_optimizer = None
+        self.compression = None  # the CompressionState once the hook is registered
+        self._compression_checked = False
         if not self._loss_shifts_labels and getattr(self.model, "loss_function", None) is ForCausalLMLoss:
             # A config-built causal LM has loss_type None, so Trainer counts the unshifted labels and divides
             # the summed loss by T tokens per sequence instead of T-1: every reported loss would be (T-1)/T
@@ -64,7 +75,24 @@ class FocoTrainer(Trainer):
                                               **self.args.optimizer_kwargs())
         return super().create_optimizer(model)
 
+    def _register_compression(self, model) -> None:
+        name = self.args.gradient_compression
+        if name is None or self._compression_checked:
+            return
+        self._compression_checked = True
+        if self.args.world_size == 1 and not isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            logger.warning(f"--gradient_compression {name} has no effect in a single-process run (nothing is "
+                           "communicated); launch with several processes under DDP to use it.")
+            return
+        self.compression = register_compression(model, name)
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if self.compression is not None:
+            logs = {**logs, "comm_bytes": self.compression.bytes_sent, "comm_ratio": self.compression.ratio}
+        super().log(logs, *args, **kwargs)
+
     def training_step(self, model, inputs, num_items_in_batch=None):
+        self._register_compression(model)
         optimizer = unwrap_optimizer(self.optimizer)
         if self._attached_optimizer is not optimizer:
             if hasattr(optimizer, "attach"):

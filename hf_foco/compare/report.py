@@ -1,0 +1,223 @@
+"""The study's outputs: plots, ``report.md`` (which embeds them) and ``summary.json``.
+
+Plots use one colour per optimizer throughout, log-x for learning rates, and show every seed of an
+optimizer at its best learning rate (same colour), so seed spread is visible rather than averaged away.
+Wall time comes from the ``wall_time_s`` stamps of :mod:`.train`; for runs made by another launcher it
+is the run's ``train_runtime`` spread evenly over its steps (the Trainer's log has no timestamps).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .analysis import AnalysisConfig, RunLog, last_step, summarize  # noqa: E402
+from .sharpness import EIGENVALUE_KEY  # noqa: E402
+from .train import WALL_TIME_KEY  # noqa: E402
+
+
+def _colours(optimizers: Sequence[str]) -> dict[str, Any]:
+    cmap = plt.get_cmap("tab10")
+    return {name: cmap(i % 10) for i, name in enumerate(optimizers)}
+
+
+def _at_best_lr(runs: Sequence[RunLog], group: dict[str, Any]) -> dict[str, list[RunLog]]:
+    chosen: dict[str, list[RunLog]] = {}
+    for name, entry in group["optimizers"].items():
+        chosen[name] = [r for r in runs if r.optimizer == name and r.learning_rate == entry["best_learning_rate"]]
+    return chosen
+
+
+def _x_axes(run: RunLog, key: str) -> dict[str, list[float]]:
+    """Steps, tokens and wall time of the log entries carrying ``key``. Wall time is the stamp that
+    ``hf_foco.compare.train`` puts on each entry, else the run's runtime spread evenly over its steps."""
+    entries = [e for e in run.log_history if e.get(key) is not None]
+    steps = [int(e["step"]) for e in entries]
+    axes: dict[str, list[float]] = {"step": steps}
+    if run.tokens_per_step:
+        axes["tokens"] = [s * run.tokens_per_step for s in steps]
+    final = last_step(run.log_history)
+    if all(WALL_TIME_KEY in e for e in entries):
+        axes["wall time (s)"] = [e[WALL_TIME_KEY] for e in entries]
+    elif run.runtime_s and final:
+        axes["wall time (s)"] = [s * run.runtime_s / final for s in steps]
+    return axes
+
+
+def plot_curves(runs: Sequence[RunLog], group: dict[str, Any], colours: dict[str, Any], path: Path) -> None:
+    """Train and eval loss against steps, tokens and wall time, each optimizer at its best LR."""
+    chosen = _at_best_lr(runs, group)
+    columns = ["step", "tokens", "wall time (s)"]
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8), squeeze=False)
+    for name, picked in chosen.items():
+        for i, run in enumerate(picked):
+            for row, key in enumerate(("loss", "eval_loss")):
+                values = run.series(key)[1]
+                for xlabel, xs in _x_axes(run, key).items():
+                    label = f"{name} lr={run.learning_rate:g}" if i == 0 and row == 0 and xlabel == "step" else None
+                    axes[row][columns.index(xlabel)].plot(xs, values, color=colours[name], alpha=0.8, label=label,
+                                                          marker="o" if key == "eval_loss" else None, ms=3)
+    for row, ylabel in enumerate(("train loss", "eval loss")):
+        for col, xlabel in enumerate(columns):
+            axes[row][col].set(xlabel=xlabel, ylabel=ylabel)
+            axes[row][col].grid(alpha=0.3)
+    target = group["target_eval_loss"]
+    if target is not None:
+        for ax in axes[1]:
+            ax.axhline(target, color="grey", ls="--", lw=1)
+    if any(chosen.values()):
+        axes[0][0].legend(fontsize=8)
+    fig.suptitle("Loss curves at each optimizer's best learning rate (all seeds; dashed: target)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_lr_sensitivity(rows: Sequence[dict[str, Any]], colours: dict[str, Any], path: Path) -> None:
+    """Final eval loss against LR per optimizer; diverged runs as crosses along the top edge."""
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for name in dict.fromkeys(r["optimizer"] for r in rows):
+        own = [r for r in rows if r["optimizer"] == name]
+        lrs = sorted({r["learning_rate"] for r in own})
+        means = []
+        for lr in lrs:
+            finite = [r["final_eval_loss"] for r in own if r["learning_rate"] == lr and not r["diverged"]
+                      and r["final_eval_loss"] is not None]
+            ax.scatter([lr] * len(finite), finite, color=colours[name], s=12, alpha=0.6)
+            means.append(sum(finite) / len(finite) if finite else math.nan)
+        ax.plot(lrs, means, color=colours[name], marker="o", label=name)
+        diverged = [r["learning_rate"] for r in own if r["diverged"]]
+        ax.scatter(diverged, [0.97] * len(diverged), marker="x", color=colours[name], s=50,
+                   transform=ax.get_xaxis_transform(), clip_on=False)
+    ax.set_xscale("log")
+    all_lrs = [r["learning_rate"] for r in rows]
+    ax.set_xlim(min(all_lrs) / 1.5, max(all_lrs) * 1.5)  # also when every run diverged (no finite point)
+    ax.set(xlabel="learning rate", ylabel="final eval loss",
+           title="LR sensitivity (line: seed mean; x at top: diverged run)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_sharpness(runs: Sequence[RunLog], group: dict[str, Any], colours: dict[str, Any], path: Path) -> bool:
+    """Eval loss beside the top Hessian eigenvalue, per optimizer at its best LR; False if none logged it."""
+    chosen = _at_best_lr(runs, group)
+    if not any(r.series(EIGENVALUE_KEY)[0] for picked in chosen.values() for r in picked):
+        return False
+    fig, (loss_ax, eig_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name, picked in chosen.items():
+        for i, run in enumerate(picked):
+            label = name if i == 0 else None
+            loss_ax.plot(*run.series("eval_loss"), color=colours[name], marker="o", ms=3, label=label)
+            eig_ax.plot(*run.series(EIGENVALUE_KEY), color=colours[name], marker="o", ms=3, label=label)
+    loss_ax.set(xlabel="step", ylabel="eval loss")
+    eig_ax.set(xlabel="step", ylabel="top Hessian eigenvalue (fixed eval batch)")
+    eig_ax.set_yscale("symlog")
+    for ax in (loss_ax, eig_ax):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Is the valley narrowing? Sharpness along training at each optimizer's best LR")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _fmt(value: Any, spec: str = ".4g") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _fmt_spread(s: dict[str, float] | None, spec: str = ".4g") -> str:
+    if s is None:
+        return "-"
+    text = f"{s['mean']:{spec}} ± {s['std']:{spec}}"
+    return text + f" [{s['min']:{spec}}, {s['max']:{spec}}]" if s["n"] > 1 else text
+
+
+def _group_markdown(name: str, group: dict[str, Any], rows: Sequence[dict[str, Any]], images: list[str]) -> list[str]:
+    lines = [f"## {name}", ""]
+    if group["target_eval_loss"] is None:
+        lines += ["No finished, non-diverged AdamW run: no target, so no steps-to-target or speedups.", ""]
+    else:
+        lines += [f"Target eval loss {group['target_eval_loss']:.4f} (best AdamW run `{group['reference_run']}`, "
+                  f"reached at step {group['reference_steps']}).", ""]
+    lines += ["| optimizer | best LR | final eval loss | steps to target | speedup vs AdamW | missed |",
+              "|---|---|---|---|---|---|"]
+    for opt, e in group["optimizers"].items():
+        lines.append(f"| {opt} | {_fmt(e['best_learning_rate'], 'g')} | {_fmt_spread(e['final_eval_loss'])} | "
+                     f"{_fmt_spread(e['steps_to_target'], '.0f')} | {_fmt_spread(e['speedup'], '.2f')} | "
+                     f"{_fmt(e['missed'], 'd')} |")
+    lines += ["", "Stability over every learning rate and seed:", "",
+              "| optimizer | diverged / runs | loss spikes | largest grad norm | NaN-guard skips |",
+              "|---|---|---|---|---|"]
+    for opt, e in group["optimizers"].items():
+        lines.append(f"| {opt} | {e['diverged']} / {e['runs']} | {e['loss_spikes']} | {_fmt(e['max_grad_norm'])} | "
+                     f"{e['nan_guard_skips']} |")
+    diverged = [r for r in rows if r["diverged"]]
+    if diverged:
+        lines += ["", "Diverged runs:", ""] + [f"- `{r['name']}`: {r['divergence_reason']}" for r in diverged]
+    lines += [""] + [f"![{image}](plots/{image})" for image in images] + [""]
+    return lines
+
+
+def _finite_or_null(value: Any) -> Any:
+    """NaN/inf as null, so ``summary.json`` is strict JSON (the divergence reason keeps the story)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_null(v) for v in value]
+    return value
+
+
+def write_report(study_name: str, runs: Sequence[RunLog], output_dir: Path, optimizers: Sequence[str],
+                 config: AnalysisConfig, pending: Sequence[str] = ()) -> dict[str, Any]:
+    """Write ``plots/*.png``, ``report.md`` and ``summary.json`` under ``output_dir``; returns the summary."""
+    output_dir = Path(output_dir)
+    plots = output_dir / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    summary = {"study": study_name, "analysis": asdict(config), **summarize(runs, config), "pending": list(pending)}
+    colours = _colours(optimizers)
+    lines = [f"# Study `{study_name}`", "",
+             f"{len(runs)} runs analysed ({sum(r.crashed for r in runs)} crashed), {len(pending)} not run yet.",
+             "", "Rules: a run diverged if it crashed, ended with a non-finite loss, or logged a train loss above "
+             f"its first one in the last {config.late_fraction:.0%} of its steps. Loss spikes: z-score > "
+             f"{config.spike_threshold:g} against the {config.spike_window} logged losses before. Target: the "
+             "best AdamW run's final eval loss; speedup = AdamW's steps / the optimizer's steps to reach it, "
+             "per seed at the optimizer's best LR (lowest seed-mean final eval loss where no seed diverged); "
+             "a miss counts as no speedup (1.0). Spread: mean ± std [min, max] over seeds. Wall time: each "
+             "log entry's wall-clock stamp, else the run's train_runtime spread evenly over its steps.", ""]
+    for group_name, group in summary["groups"].items():
+        group_runs = [r for r in runs if r.group == group_name]
+        group_rows = [r for r in summary["runs"] if r["group"] == group_name]
+        images = [f"curves-{group_name}.png", f"lr-{group_name}.png"]
+        plot_curves(group_runs, group, colours, plots / images[0])
+        plot_lr_sensitivity(group_rows, colours, plots / images[1])
+        if plot_sharpness(group_runs, group, colours, plots / f"sharpness-{group_name}.png"):
+            images.append(f"sharpness-{group_name}.png")
+        lines += _group_markdown(group_name, group, group_rows, images)
+    (output_dir / "report.md").write_text("\n".join(lines))
+    (output_dir / "summary.json").write_text(json.dumps(_finite_or_null(summary), indent=2, allow_nan=False))
+    return summary
+
+
+def report_study(study) -> dict[str, Any]:
+    """Load every run of ``study`` that has run and write its report next to the runs."""
+    from .runner import load_run
+
+    loaded = {spec.name: load_run(spec) for spec in study.runs()}
+    return write_report(study.name, [r for r in loaded.values() if r is not None], study.output_dir,
+                        [grid.name for grid in study.optimizers], study.analysis,
+                        pending=[name for name, r in loaded.items() if r is None])

@@ -1,0 +1,154 @@
+"""Where the raw text comes from: the built-in standard-library corpus, local files, or a Hub dataset.
+
+Every source comes back as ``{"train": ..., "validation": ...}`` with one text column, read through
+``datasets`` so that its cache (keyed by file paths, sizes and modification times) notices edited files and
+the dataset fingerprint can key the tokenizer and packing caches downstream.
+
+The built-in corpus is the running interpreter's standard library (``.py`` files, site-packages excluded):
+always present, offline, a few million tokens of real code, enough to show optimizers apart in CPU minutes.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import sysconfig
+from collections.abc import Sequence
+from pathlib import Path
+
+from datasets import Dataset, DatasetDict, IterableDataset, concatenate_datasets, load_dataset
+
+BUILTIN_TEXT_COLUMN = "text"
+_TEXT_SUFFIXES = {".txt", ".text", ".py", ".md"}
+_JSON_SUFFIXES = {".json", ".jsonl"}
+
+
+def stdlib_root() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def stdlib_files(root: Path | None = None) -> list[str]:
+    """Relative paths of the standard library's ``.py`` files, sorted; installed packages are left out."""
+    root = root or stdlib_root()
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*.py")
+                  if not {"site-packages", "dist-packages"} & set(p.relative_to(root).parts))
+
+
+def in_validation(key: str, fraction: float) -> bool:
+    """Whether the document named ``key`` is held out: a hash, so the split needs no seed, ignores file order
+    and stays put when other documents are added or removed."""
+    return int(hashlib.sha256(key.encode()).hexdigest()[:12], 16) < fraction * 16**12
+
+
+def split_by_key(keys: Sequence[str], fraction: float) -> tuple[list[int], list[int]]:
+    """Indices of ``keys`` that go to (train, validation)."""
+    val = [i for i, k in enumerate(keys) if in_validation(k, fraction)]
+    held = set(val)
+    return [i for i in range(len(keys)) if i not in held], val
+
+
+def builtin_corpus(validation_fraction: float, cache_dir: str | None = None) -> DatasetDict:
+    """The standard library, one document per file, split by file path."""
+    root = stdlib_root()
+    files = stdlib_files(root)
+    if not files:
+        raise ValueError(f"The built-in corpus is empty: no .py files under {root}. Pass --train_files or "
+                         "--dataset_name.")
+    train, val = split_by_key(files, validation_fraction)
+    _require_validation(val, "the built-in corpus", validation_fraction)
+    data_files = {"train": [str(root / files[i]) for i in train], "validation": [str(root / files[i]) for i in val]}
+    # A few stdlib test files are deliberately not UTF-8: replace, don't crash.
+    return load_dataset("text", data_files=data_files, sample_by="document", encoding_errors="replace",
+                        cache_dir=cache_dir)
+
+
+def expand_files(patterns: Sequence[str], what: str) -> list[str]:
+    """Paths matching ``patterns`` (globs allowed); a pattern matching nothing is an error naming it."""
+    files = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
+        if not matches:
+            raise FileNotFoundError(f"{what}: no file matches {pattern!r}. Check the path, or leave "
+                                    "--train_files unset to use the built-in corpus.")
+        files.extend(m for m in matches if os.path.isfile(m))
+    return files
+
+
+def _builder_for(files: Sequence[str]) -> str:
+    suffixes = {Path(f).suffix.lower() for f in files}
+    if suffixes <= _JSON_SUFFIXES:
+        return "json"
+    if suffixes <= _TEXT_SUFFIXES:
+        return "text"
+    raise ValueError(f"Cannot tell the format of data files with suffixes {sorted(suffixes)}: use only text "
+                     f"({', '.join(sorted(_TEXT_SUFFIXES))}) or only JSON ({', '.join(sorted(_JSON_SUFFIXES))}) files.")
+
+
+def local_corpus(train_files: Sequence[str], validation_files: Sequence[str] | None, validation_fraction: float,
+                 text_column: str = "text", sample_by: str = "line", cache_dir: str | None = None) -> DatasetDict:
+    """Local text (one document per line/paragraph/file, as ``sample_by`` says) or JSON-lines files.
+
+    Without validation files, documents are held out by hashing their row index, which is stable as long as
+    the files are the same.
+    """
+    data_files = {"train": expand_files(train_files, "--train_files")}
+    if validation_files:
+        data_files["validation"] = expand_files(validation_files, "--validation_files")
+    builder = _builder_for([f for fs in data_files.values() for f in fs])
+    kwargs = dict(sample_by=sample_by, encoding_errors="replace") if builder == "text" else {}
+    raw = load_dataset(builder, data_files=data_files, cache_dir=cache_dir, **kwargs)
+    if validation_files:
+        return raw
+    return split_dataset(raw["train"], validation_fraction, "the local files", text_column)
+
+
+def hub_corpus(name: str, config: str | None, split: str, validation_split: str | None,
+               validation_fraction: float, streaming: bool, streaming_validation_documents: int,
+               text_column: str = "text", cache_dir: str | None = None) -> DatasetDict | dict[str, IterableDataset]:
+    """A Hub dataset (or one already in the local cache when offline).
+
+    A stream has no length to take a fraction of: without a validation split, the first
+    ``streaming_validation_documents`` documents of its first shard are held out and training reads the
+    other shards (llm.c likewise holds out its first shard). Whole shards keep the two disjoint, which
+    ``IterableDataset.skip`` does not once DataLoader workers split the shards.
+    """
+    load = dict(path=name, name=config, streaming=streaming, cache_dir=cache_dir)
+    train = load_dataset(split=split, **load)
+    if validation_split:
+        return {"train": train, "validation": load_dataset(split=validation_split, **load)}
+    if streaming:
+        n = train.num_shards
+        if n < 2:
+            raise ValueError(f"Streamed dataset {name!r} has a single shard, so no shard can be held out for "
+                             "validation: pass --validation_split.")
+        return {"train": concatenate_datasets([train.shard(n, i) for i in range(1, n)]),
+                "validation": train.shard(n, 0).take(streaming_validation_documents)}
+    return split_dataset(train, validation_fraction, f"dataset {name!r}", text_column)
+
+
+def split_dataset(dataset: Dataset, fraction: float, what: str, text_column: str) -> DatasetDict:
+    """Hold out documents by a hash of their row index (stable while the data is the same)."""
+    check_text_column(dataset, text_column, "training")
+    texts = (text for batch in dataset.select_columns([text_column]).iter(batch_size=1000) for text in batch[text_column])
+    if not any((text or "").strip() for text in texts):  # stops at the first document with text
+        raise ValueError(f"The corpus is empty: {what} hold no text in column {text_column!r}.")
+    train, val = split_by_key([str(i) for i in range(len(dataset))], fraction)
+    _require_validation(val, what, fraction)
+    return DatasetDict(train=dataset.select(train), validation=dataset.select(val))
+
+
+def _require_validation(val: Sequence, what: str, fraction: float) -> None:
+    if not val:
+        raise ValueError(f"No validation documents in {what} at --validation_fraction {fraction}: raise it, "
+                         "or pass --validation_files / --validation_split.")
+
+
+def check_text_column(dataset: Dataset | IterableDataset, column: str, split: str) -> None:
+    """Fail before any tokenization when the text column is missing, naming the columns there are."""
+    names = dataset.column_names
+    if names is None:  # a streaming dataset whose features are unknown until read
+        names = list(next(iter(dataset)).keys())
+    if column not in names:
+        raise ValueError(f"The {split} data has no text column {column!r}; its columns are {names}. Pass "
+                         "--text_column with one of them.")

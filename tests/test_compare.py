@@ -1,0 +1,300 @@
+"""The study runner: report arithmetic on hand-made logs, study parsing, sharpness, and a mini study end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from hf_foco.compare.analysis import (
+    AnalysisConfig,
+    RunLog,
+    divergence_reason,
+    nan_guard_skips,
+    spike_indices,
+    steps_to_target,
+    summarize,
+)
+from hf_foco.compare.sharpness import top_hessian_eigenvalue
+from hf_foco.compare.study import Study
+
+
+def history(train: dict[int, float], evals: dict[int, float] | None = None) -> list[dict]:
+    """A Trainer-style log_history from {step: train loss} and {step: eval loss}."""
+    logs = [{"step": s, "loss": v, "grad_norm": 1.0 + s / 100, "learning_rate": 1e-3} for s, v in train.items()]
+    logs += [{"step": s, "eval_loss": v} for s, v in (evals or {}).items()]
+    return sorted(logs, key=lambda e: e["step"])
+
+
+def run(name="r", optimizer="adamw", lr=1e-3, seed=0, train=None, evals=None, **kwargs) -> RunLog:
+    train = train if train is not None else {s: 5.0 - s / 50 for s in range(10, 101, 10)}
+    return RunLog(name=name, group="g", optimizer=optimizer, learning_rate=lr, seed=seed,
+                  log_history=history(train, evals), **kwargs)
+
+
+# -- divergence ---------------------------------------------------------------------------------------
+
+def test_healthy_run_has_not_diverged():
+    assert divergence_reason(run()) is None
+
+
+def test_crash_nan_and_late_rise_are_divergence_but_an_early_recovered_spike_is_not():
+    assert divergence_reason(run(crashed=True)) == "crashed"
+    nan_end = {10: 5.0, 20: 4.0, 30: math.nan}
+    assert divergence_reason(run(train=nan_end)) == "non-finite final loss"
+    assert divergence_reason(run(evals={100: math.inf})) == "non-finite final loss"
+    # Initial 5.0; in the last quarter (steps >= 75) a loss of 5.5 is above it.
+    late_rise = {10: 5.0, 50: 3.0, 80: 5.5, 100: 4.0}
+    assert "above the initial" in divergence_reason(run(train=late_rise))
+    # The same excursion before the last quarter, recovered from: a spike, not a divergence.
+    early = {10: 5.0, 30: 5.5, 50: 3.0, 80: 2.9, 100: 2.8}
+    assert divergence_reason(run(train=early)) is None
+    assert divergence_reason(run(train=early), late_fraction=0.8) is not None
+
+
+# -- spikes ---------------------------------------------------------------------------------------------
+
+def test_spike_threshold_matches_hand_computed_z_scores():
+    # 16 alternating points 2.0/2.1: mean 2.05, sample std sqrt(16 * 0.05**2 / 15) = 0.05164.
+    base = [2.0, 2.1] * 8
+    std = math.sqrt(16 * 0.05**2 / 15)
+    below, above = 2.05 + 2.99 * std, 2.05 + 3.01 * std
+    assert spike_indices(base + [below], window=16, threshold=3.0) == []
+    assert spike_indices(base + [above], window=16, threshold=3.0) == [16]
+    assert spike_indices(base + [above], window=16, threshold=3.1) == []
+
+
+def test_spikes_stay_out_of_the_window_and_need_enough_history():
+    base = [2.0, 2.1] * 8
+    # Two spikes in a row: the first does not inflate the window, so the second is caught too.
+    assert spike_indices(base + [9.0, 9.0, 2.0], window=16) == [16, 17]
+    # NaN is skipped, not a spike, and does not poison the window.
+    assert spike_indices(base + [math.nan, 9.0], window=16) == [17]
+    # Fewer than window // 2 points before it: no verdict.
+    assert spike_indices([2.0, 2.1, 2.0, 9.0], window=16) == []
+    assert spike_indices([2.0, 2.1] * 4 + [9.0], window=16) == [8]
+
+
+def test_nan_guard_skips_read_from_the_monitor_summary():
+    assert nan_guard_skips({"num_skipped_steps": 3, "skipped_steps": [4, 5, 9]}) == 3
+    assert nan_guard_skips({"skipped_steps": [4, 5]}) == 2
+    assert nan_guard_skips({}) == 0
+
+
+# -- steps to target, best LR, speedups ---------------------------------------------------------------------
+
+def evals_reaching(final: float, at_step: int, last: int = 100) -> dict[int, float]:
+    """Eval every 10 steps, falling linearly from 6.0 to ``final`` at ``at_step``, flat afterwards."""
+    return {s: 6.0 - (6.0 - final) * min(s, at_step) / at_step for s in range(10, last + 1, 10)}
+
+
+def test_steps_to_target_is_the_first_eval_at_or_below_it():
+    logs = history({}, {10: 5.0, 20: 4.0, 30: 3.5, 40: 3.4})
+    assert steps_to_target(logs, 3.5) == 30
+    assert steps_to_target(logs, 3.45) == 40
+    assert steps_to_target(logs, 3.0) is None
+
+
+def test_group_summary_target_best_lr_speedup_and_stability():
+    runs = [
+        # AdamW: lr 1e-3 is best (seed mean 3.05); its seed-0 run (3.0 at step 100) sets the target.
+        run("a1s0", "adamw", 1e-3, 0, evals=evals_reaching(3.0, 100)),
+        run("a1s1", "adamw", 1e-3, 1, evals=evals_reaching(3.1, 100)),
+        run("a3s0", "adamw", 3e-3, 0, evals=evals_reaching(3.2, 100)),
+        run("a3s1", "adamw", 3e-3, 1, evals=evals_reaching(3.3, 100)),
+        # foco: lr 1e-2 has the lowest loss but one seed diverged, so lr 3e-3 is its best LR.
+        run("f3s0", "foco", 3e-3, 0, evals=evals_reaching(2.8, 50)),
+        run("f3s1", "foco", 3e-3, 1, evals=evals_reaching(2.9, 80)),
+        run("f9s0", "foco", 1e-2, 0, evals=evals_reaching(2.5, 40)),
+        run("f9s1", "foco", 1e-2, 1, crashed=True, stability={"num_skipped_steps": 4}),
+        # lion reaches the target with one seed only.
+        run("l1s0", "lion", 1e-4, 0, evals=evals_reaching(2.9, 20)),
+        run("l1s1", "lion", 1e-4, 1, evals=evals_reaching(3.05, 100)),
+    ]
+    summary = summarize(runs, AnalysisConfig())
+    group = summary["groups"]["g"]
+    assert group["target_eval_loss"] == pytest.approx(3.0)
+    assert group["reference_run"] == "a1s0" and group["reference_steps"] == 100
+    adamw, foco, lion = (group["optimizers"][k] for k in ("adamw", "foco", "lion"))
+    assert adamw["best_learning_rate"] == 1e-3 and foco["best_learning_rate"] == 3e-3
+    # foco seed 0 evals: step 40 -> 6 - 3.2 * 0.8 = 3.44 > 3.0, step 50 -> 2.8: reaches at 50.
+    # foco seed 1 evals: step 70 -> 6 - 3.1 * 7 / 8 = 3.2875, step 80 -> 2.9: reaches at 80.
+    expected = [100 / 50, 100 / 80]
+    assert foco["speedup"]["mean"] == pytest.approx(sum(expected) / 2)
+    assert foco["speedup"]["std"] == pytest.approx(abs(expected[0] - expected[1]) / math.sqrt(2))
+    assert foco["steps_to_target"]["min"] == 50 and foco["missed"] == 0
+    # lion: seed 0 at step 20 (6 - 3.1 = 2.9 <= 3.0; step 10 is 4.45) -> 5x; seed 1 misses -> counts 1.0.
+    assert lion["speedup"]["mean"] == pytest.approx((5.0 + 1.0) / 2) and lion["missed"] == 1
+    # Stability over all of foco's runs: the crash counts as a divergence; NaN-guard skips add up.
+    assert (foco["diverged"], foco["runs"], foco["nan_guard_skips"]) == (1, 4, 4)
+    assert adamw["speedup"]["max"] == pytest.approx(1.0)
+    rows = {r["name"]: r for r in summary["runs"]}
+    assert rows["f9s1"]["divergence_reason"] == "crashed" and rows["f9s1"]["steps_to_target"] is None
+
+
+# -- study files ----------------------------------------------------------------------------------------------
+
+def write_study(tmp_path: Path, recipe: dict, study: dict) -> Path:
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({"recipe": "recipe.yaml", **study}))
+    return path
+
+
+def test_study_expands_the_grid_and_keeps_the_token_budget(tmp_path):
+    recipe = {"block_size": 64, "per_device_train_batch_size": 4, "max_steps": 160, "eval_steps": 40,
+              "logging_steps": 10}
+    path = write_study(tmp_path, recipe, {
+        "name": "s", "seeds": [0, 1], "batch_size_multipliers": [1, 4], "output_dir": str(tmp_path / "out"),
+        "optimizers": {"adamw": {"learning_rates": ["1e-3", 3.0e-3]},
+                       "lion": {"learning_rates": [1.0e-4], "overrides": {"weight_decay": 0.5}}}})
+    runs = Study.from_yaml(path).runs()
+    assert len(runs) == 2 * 2 * (2 + 1)  # batch sizes x seeds x (LRs summed over optimizers)
+    for spec in runs:
+        args = {**recipe, **spec.arguments}  # what the run sees: the recipe under the command-line keys
+        tokens = args["per_device_train_batch_size"] * 64 * args["max_steps"]
+        assert tokens == 4 * 64 * 160  # same token budget at every batch size
+        assert spec.tokens_per_step == args["per_device_train_batch_size"] * 64
+        assert args["eval_steps"] == 40 // spec.batch_multiplier
+        assert spec.output_dir == tmp_path / "out" / "runs" / spec.name
+    lion = next(r for r in runs if r.optimizer == "lion")
+    assert lion.arguments["weight_decay"] == 0.5 and lion.group == f"{tmp_path.name}-bx1"
+    assert lion.argv()[:1] == [str(tmp_path / "recipe.yaml")]
+    assert {"--optim", "lion", "--learning_rate", "0.0001"} <= set(lion.argv())
+    assert len({r.name for r in runs}) == len(runs)
+
+
+@pytest.mark.parametrize("study, message", [
+    ({"optimizers": {"adamv": {"learning_rates": [1.0e-3]}}}, "adamw"),
+    ({"optimizers": {"adamw": {"learning_rates": []}}}, "learning_rates"),
+    ({"optimizers": {"adamw": {"learning_rates": [1.0e-3]}}, "seed": [0]}, "Did you mean 'seeds'"),
+    ({"optimizers": {"adamw": {"learning_rates": [1.0e-3]}}, "overrides": {"learning_rate": 1}}, "learning_rate"),
+    ({"optimizers": {"adamw": {"learning_rates": [1.0e-3]}}, "batch_size_multipliers": [1, 3]}, "divisible"),
+])
+def test_bad_study_files_fail_before_running(tmp_path, study, message):
+    path = write_study(tmp_path, {"block_size": 64, "max_steps": 100}, study)
+    with pytest.raises(ValueError, match=message):
+        Study.from_yaml(path)
+
+
+def test_per_optimizer_recipes_and_the_pipeline_check(tmp_path):
+    """``{optimizer}`` picks each optimizer's recipe; the pipeline's parser vets one run per optimizer."""
+    common = {"block_size": 8, "max_steps": 10, "learning_rate": 1.0e-3}
+    (tmp_path / "adamw.yaml").write_text(yaml.safe_dump({**common, "adam_beta2": 0.95}))
+    (tmp_path / "signum.yaml").write_text(yaml.safe_dump({**common, "optim_kwargs": {"momentum": 0.9}}))
+    optimizers = {"adamw": {"learning_rates": [1.0e-3]}, "signum": {"learning_rates": [1.0e-4]}}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({"recipe": "{optimizer}.yaml", "optimizers": optimizers,
+                                    "output_dir": str(tmp_path / "out")}))
+    study = Study.from_yaml(path)
+    assert [spec.recipe.name for spec in study.runs()] == ["adamw.yaml", "signum.yaml"]
+    study.check_runs()
+    # One recipe for both: Signum takes no betas, and the study says so before any run starts.
+    path.write_text(yaml.safe_dump({"recipe": "adamw.yaml", "optimizers": optimizers,
+                                    "output_dir": str(tmp_path / "out")}))
+    with pytest.raises(ValueError, match="signum.* would fail: .*betas"):
+        Study.from_yaml(path).check_runs()
+
+
+def test_a_crashing_run_is_recorded_and_the_study_goes_on(tmp_path):
+    from hf_foco.compare.report import report_study
+    from hf_foco.compare.runner import run_study
+
+    path = write_study(tmp_path, {"block_size": 8, "max_steps": 10}, {
+        "output_dir": str(tmp_path / "out"), "optimizers": {"adamw": {"learning_rates": [1.0e-3, 2.0e-3]}}})
+    study = Study.from_yaml(path)
+    crash = [sys.executable, "-c", "import sys; print('boom', sys.argv[1:]); sys.exit(3)"]
+    assert len(run_study(study, crash)) == 2  # the first crash did not stop the study
+    for spec in study.runs():
+        marker = json.loads((spec.output_dir / "run.json").read_text())
+        assert (marker["status"], marker["returncode"]) == ("failed", 3)
+        assert "boom" in (spec.output_dir / "train.log").read_text()
+    assert run_study(study, crash) == []  # failed runs are done unless retried
+    assert len(run_study(study, crash, retry_failed=True)) == 2
+    summary = report_study(study)
+    group = summary["groups"][study.runs()[0].group]
+    assert group["optimizers"]["adamw"]["diverged"] == 2 and group["target_eval_loss"] is None
+
+
+# -- sharpness ------------------------------------------------------------------------------------------------
+
+class Quadratic(torch.nn.Module):
+    """loss = 0.5 w^T A w: the Hessian is A everywhere."""
+
+    def __init__(self, a: torch.Tensor):
+        super().__init__()
+        self.register_buffer("a", a)
+        self.w = torch.nn.Parameter(torch.randn(a.shape[0]))
+
+    def forward(self, input_ids, labels=None):
+        return type("Out", (), {"loss": 0.5 * self.w @ self.a @ self.w})()
+
+
+@pytest.mark.parametrize("eigenvalues", [[7.0, 3.0, 1.0, 0.5, -0.2, 0.1], [-9.0, 4.0, 1.0, 0.5, -0.2, 0.1]])
+def test_power_iteration_finds_the_top_eigenvalue_of_a_known_hessian(eigenvalues):
+    """Also when the largest-magnitude eigenvalue is negative (the second case): the top one is still found."""
+    torch.manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(6, 6))
+    model = Quadratic(q @ torch.diag(torch.tensor(eigenvalues)) @ q.T)
+    value = top_hessian_eigenvalue(model, {"input_ids": torch.zeros(1)}, num_iterations=80)
+    assert value == pytest.approx(float(torch.linalg.eigvalsh(model.a).max()), rel=1e-4)
+    assert model.w.grad is None and model.training
+
+
+# -- a two-run study, end to end, with the real pretraining pipeline in subprocesses -------------------------------
+
+def test_two_run_study_end_to_end_with_resume(tmp_path, monkeypatch):
+    from hf_foco.cli import main as cli
+    from hf_foco.compare.runner import execute, run_study
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    words = "the cat dog sat on a mat ran to see big small red blue tree house".split()
+    rng = torch.Generator().manual_seed(0)
+    lines = [" ".join(words[i] for i in torch.randint(len(words), (12,), generator=rng)) for _ in range(300)]
+    (tmp_path / "train.txt").write_text("\n".join(lines))
+    recipe = {"model": "gpt2-nano", "config_overrides": "n_layer=1,n_embd=32,n_head=2,n_positions=32",
+              "train_files": [str(tmp_path / "train.txt")], "tokenizer_vocab_size": 300, "block_size": 32,
+              "data_cache_dir": str(tmp_path / "cache"), "max_eval_blocks": 4, "per_device_train_batch_size": 4,
+              "per_device_eval_batch_size": 4, "max_steps": 4, "logging_steps": 1, "eval_strategy": "steps",
+              "eval_steps": 2, "save_strategy": "no", "report_to": "none", "disable_tqdm": True,
+              "dataloader_num_workers": 0}
+    path = write_study(tmp_path, recipe, {
+        "name": "mini", "seeds": [0], "output_dir": str(tmp_path / "study"),
+        "overrides": {"hessian_every_n_steps": 2, "hessian_iterations": 3, "hessian_batch_size": 2},
+        "optimizers": {"adamw": {"learning_rates": [1.0e-3]}, "foco": {"learning_rates": [1.0e-3]}}})
+    study = Study.from_yaml(path)
+    first, second = study.runs()
+    # The study was interrupted after its first run finished, in the middle of the second one.
+    assert execute(first)["status"] == "finished", (first.output_dir / "train.log").read_text()[-3000:]
+    first_marker = (first.output_dir / "run.json").read_text()
+    second.output_dir.mkdir(parents=True)
+    (second.output_dir / "partial-checkpoint").write_text("left by the interrupted run")
+
+    assert [r.name for r in run_study(study)] == [second.name]  # the finished run is skipped
+    assert (first.output_dir / "run.json").read_text() == first_marker
+    assert not (second.output_dir / "partial-checkpoint").exists()
+    assert json.loads((second.output_dir / "run.json").read_text())["status"] == "finished"
+    assert run_study(study) == []
+
+    assert cli(["compare", str(path), "--report_only"]) == 0
+    summary = json.loads((study.output_dir / "summary.json").read_text())
+    state = json.loads((first.output_dir / "trainer_state.json").read_text())
+    adamw_final = [e["eval_loss"] for e in state["log_history"] if "eval_loss" in e][-1]
+    group = summary["groups"][first.group]
+    assert group["target_eval_loss"] == pytest.approx(adamw_final) and group["reference_run"] == first.name
+    assert {r["name"] for r in summary["runs"]} == {first.name, second.name} and summary["pending"] == []
+    assert all(r["tokens_per_step"] == 4 * 32 and not r["diverged"] for r in summary["runs"])
+    stamps = [e["wall_time_s"] for e in state["log_history"] if "loss" in e or "eval_loss" in e]
+    assert len(stamps) >= 4 + 2 and stamps == sorted(stamps)  # every train and eval log is time-stamped
+    eigenvalues = [e["top_hessian_eigenvalue"] for e in state["log_history"] if "top_hessian_eigenvalue" in e]
+    assert len(eigenvalues) == 2 and all(math.isfinite(v) for v in eigenvalues)  # steps 2 and 4
+    report = (study.output_dir / "report.md").read_text()
+    images = re.findall(r"\(plots/(.+?)\)", report)
+    assert {f"{kind}-{first.group}.png" for kind in ("curves", "lr", "sharpness")} <= set(images)
+    assert all((study.output_dir / "plots" / image).stat().st_size > 0 for image in images)
