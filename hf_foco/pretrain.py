@@ -4,7 +4,8 @@ A recipe is a YAML file of ``ModelArguments``, ``DataArguments`` and ``FocoTrain
 (alignment-handbook style); command-line keys override it. Everything that can be wrong with the inputs
 (unknown keys, data, presets, block size) fails before the first step, and a finished run leaves a
 safetensors checkpoint with its tokenizer, the eval loss and perplexity, the loss curve, the stability
-summary and a model card in ``output_dir``.
+summary and a model card in ``output_dir``. Rerunning a command whose run was killed continues it from the
+latest complete checkpoint in ``output_dir`` (see :mod:`hf_foco.trainer.checkpoints`).
 """
 
 from __future__ import annotations
@@ -166,11 +167,35 @@ def model_config(model_args: ModelArguments, block_size: int):
     return config
 
 
+def check_output_dir(output_dir: str) -> None:
+    """Fail now, not at the first save after hours of training, when ``output_dir`` cannot be written."""
+    path = Path(output_dir).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        problem = f"{existing} is a file, not a directory"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = f"{existing} is not writable"
+    else:
+        return
+    raise ValueError(f"--output_dir {output_dir} cannot hold the run's checkpoints: {problem}. Pass a --output_dir "
+                     "you can write to.")
+
+
 def build_trainer(model_args: ModelArguments, data_args: DataArguments, training_args, callbacks=None):
-    """Config, data, tokenizer and model -> a ready ``FocoTrainer`` (and the data description)."""
+    """Config, data, tokenizer and model -> a ready ``FocoTrainer`` (and the data description).
+
+    The output directory and an explicitly named checkpoint to resume from are checked first, so a run
+    that could not save, or could not resume, fails before the data is even read.
+    """
     from .trainer import FocoTrainer
+    from .trainer.checkpoints import LATEST, checkpoint_corruption
 
     config = model_config(model_args, data_args.block_size)
+    check_output_dir(training_args.output_dir)
+    resume = training_args.resume_from_checkpoint
+    if resume is not None and str(resume).lower() not in LATEST and (problem := checkpoint_corruption(resume)):
+        raise ValueError(f"--resume_from_checkpoint {resume} cannot be resumed from: {problem}. Resume from another, "
+                         "intact checkpoint-N directory of the run instead.")
     if data_args.streaming and training_args.max_steps <= 0:
         raise ValueError("A streamed dataset has no length: set --max_steps.")
     with training_args.main_process_first(desc="preparing data"):
@@ -203,14 +228,18 @@ def main(argv: list[str] | None = None, callbacks=None) -> int:
     from transformers.utils import logging
 
     from .trainer import write_run_artifacts
+    from .trainer.checkpoints import checkpoint_to_resume
 
     try:  # bad input fails here, before any training, as one line instead of a traceback
         model_args, data_args, training_args = parse_args(argv)
         logging.set_verbosity(training_args.get_process_log_level())
+        # A rerun of a killed command continues from its latest complete checkpoint (never a partial one).
+        checkpoint = checkpoint_to_resume(training_args.output_dir, training_args.resume_from_checkpoint,
+                                          training_args.world_size)
         trainer, data = build_trainer(model_args, data_args, training_args, callbacks)
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"run_pretrain: error: {err}") from err
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    train_result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model()
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)

@@ -72,6 +72,15 @@ def test_pack_dataset_matches_per_document_tokenization(tokenizer):
     assert packed["input_ids"] == packed_reference(docs, 16, tokenizer.eos_token_id)
 
 
+def test_rows_without_text_pack_as_empty_documents(tokenizer):
+    """A JSON-lines ``null`` text packs as an empty document (its EOS alone), as an empty string does."""
+    dataset = Dataset.from_dict({"text": [text or None for text in TEXTS]})
+    assert dataset["text"].count(None) == TEXTS.count("") > 0
+    docs = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in TEXTS]
+    packed = pack_dataset(dataset, tokenizer, "text", block_size=16)
+    assert packed["input_ids"] == packed_reference(docs, 16, tokenizer.eos_token_id)
+
+
 def test_pack_stream_packs_each_shard_in_order(tokenizer):
     dataset = Dataset.from_dict({"text": TEXTS})
     stream = pack_stream(dataset.to_iterable_dataset(num_shards=3), tokenizer, "text", block_size=16)

@@ -1,61 +1,27 @@
 """scripts/run_pretrain.py end to end: every nano recipe, 2-process CPU DDP, and bad input caught early."""
 
 import json
-import os
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from pretrain_utils import REPO, SCRIPT, short_args
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from hf_foco.data import prepare_lm_data, stdlib_files
-from hf_foco.data.corpus import stdlib_root
+from hf_foco.data import prepare_lm_data
 from hf_foco.models import build_model
-from hf_foco.pretrain import DataArguments, main, parse_args
+from hf_foco.pretrain import main, parse_args
 
-REPO = Path(__file__).resolve().parent.parent
 # The pipeline's five recipes (K-FAC/FOP recipes next to them are tested with those optimizers).
 RECIPES = [REPO / "recipes" / "gpt2-nano" / f"{name}.yaml" for name in ("adamw", "signum", "lion", "focus", "foco")]
-SCRIPT = REPO / "scripts" / "run_pretrain.py"
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    """A small corpus (30 stdlib modules) with its tokenizer and blocks already cached, and the env to use it."""
-    root = tmp_path_factory.mktemp("pretrain")
-    corpus = root / "corpus"
-    corpus.mkdir()
-    for rel in [f for f in stdlib_files() if f.count("/") == 0][:30]:
-        shutil.copy(stdlib_root() / rel, corpus / rel)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(root / "hf"), "OMP_NUM_THREADS": "1",
-           "HF_FOCO_CACHE": str(root / "cache"), "PYTHONPATH": str(REPO)}
-    data_keys = ["--train_files", str(corpus / "*.py"), "--sample_by", "document", "--tokenizer_vocab_size", "512",
-                 "--max_eval_blocks", "8", "--validation_fraction", "0.2"]
-    old = os.environ.copy()
-    os.environ.update(env)
-    try:
-        data_args = DataArguments(train_files=[str(corpus / "*.py")], sample_by="document", tokenizer_vocab_size=512,
-                                  max_eval_blocks=8, block_size=128, validation_fraction=0.2)
-        prepare_lm_data(data_args)  # warm the cache, so the parallel runs below do not all pack
-        yield {"root": root, "env": env, "data_keys": data_keys, "data_args": data_args}
-    finally:
-        os.environ.clear()
-        os.environ.update(old)
-
-
-def _short(out: Path, data_keys) -> list[str]:
-    return ["--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size", "4",
-            "--per_device_eval_batch_size", "8", "--logging_steps", "1", *data_keys]
 
 
 def test_every_nano_recipe_trains_and_leaves_a_loadable_checkpoint(workspace):
     runs = {}
     for recipe in RECIPES:  # concurrently: the runs are mostly interpreter start-up
         out = workspace["root"] / "runs" / recipe.stem
-        cmd = [sys.executable, str(SCRIPT), str(recipe), *_short(out, workspace["data_keys"])]
+        cmd = [sys.executable, str(SCRIPT), str(recipe), *short_args(out, workspace["data_keys"])]
         runs[recipe.stem] = (out, subprocess.Popen(cmd, env=workspace["env"], stdout=subprocess.PIPE,
                                                    stderr=subprocess.STDOUT, text=True))
     validation = prepare_lm_data(workspace["data_args"]).validation
@@ -95,7 +61,7 @@ def test_cpu_ddp_config_runs_two_ranks_that_end_identical(workspace, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
            str(REPO / "recipes" / "accelerate_configs" / "cpu_ddp.yaml"), str(wrapper),
-           str(REPO / "recipes" / "gpt2-nano" / "foco.yaml"), *_short(out, workspace["data_keys"]),
+           str(REPO / "recipes" / "gpt2-nano" / "foco.yaml"), *short_args(out, workspace["data_keys"]),
            "--max_steps", "3", "--gradient_compression", "sign"]
     proc = subprocess.run(cmd, env=workspace["env"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -128,7 +94,7 @@ def test_bad_arguments_fail_before_training(workspace, tmp_path, monkeypatch, ex
         monkeypatch.setenv(key, value)
     recipe = str(REPO / "recipes" / "gpt2-nano" / "foco.yaml")
     with pytest.raises(SystemExit, match="run_pretrain: error: .*" + message):
-        main([recipe, *_short(tmp_path / "run", workspace["data_keys"]), *extra])
+        main([recipe, *short_args(tmp_path / "run", workspace["data_keys"]), *extra])
     assert not (tmp_path / "run").exists()  # nothing trained, nothing written
 
 

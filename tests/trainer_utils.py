@@ -19,11 +19,15 @@ def tiny_gpt2(seed: int = 0) -> GPT2LMHeadModel:
     return GPT2LMHeadModel(config)
 
 
+def sentences(count: int = 400, seed: int = 0) -> list[str]:
+    """Random sentences of 4 to 9 words from WORDS, each ending with a period."""
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 9))) + "." for _ in range(count)]
+
+
 def text_dataset(samples: int = 64, seed: int = 0) -> Dataset:
     """Byte-level token blocks of SEQ tokens from random sentences over a small vocabulary of words."""
-    rng = random.Random(seed)
-    text = " ".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 9))) + "." for _ in range(400))
-    ids = [b % 128 for b in text.encode()]
+    ids = [b % 128 for b in " ".join(sentences(400, seed)).encode()]
     blocks = [ids[i:i + SEQ] for i in range(0, samples * SEQ, SEQ)]
     return Dataset.from_dict({"input_ids": blocks, "labels": blocks})
 

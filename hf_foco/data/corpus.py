@@ -132,7 +132,8 @@ def split_dataset(dataset: Dataset, fraction: float, what: str, text_column: str
     check_text_column(dataset, text_column, "training")
     texts = (text for batch in dataset.select_columns([text_column]).iter(batch_size=1000) for text in batch[text_column])
     if not any((text or "").strip() for text in texts):  # stops at the first document with text
-        raise ValueError(f"The corpus is empty: {what} hold no text in column {text_column!r}.")
+        raise ValueError(f"The corpus is empty: {what} hold no text in column {text_column!r}. Point --train_files "
+                         "or --dataset_name at data that has some.")
     train, val = split_by_key([str(i) for i in range(len(dataset))], fraction)
     _require_validation(val, what, fraction)
     return DatasetDict(train=dataset.select(train), validation=dataset.select(val))
@@ -152,3 +153,9 @@ def check_text_column(dataset: Dataset | IterableDataset, column: str, split: st
     if column not in names:
         raise ValueError(f"The {split} data has no text column {column!r}; its columns are {names}. Pass "
                          "--text_column with one of them.")
+    feature = (dataset.features or {}).get(column)
+    if feature is not None and getattr(feature, "dtype", None) not in ("string", "large_string"):
+        # e.g. a JSON-lines column of numbers, or of text mixed with NaN / numbers, which arrow reads as JSON.
+        raise ValueError(f"The {split} data's column {column!r} holds {feature} values, not text only (numbers or "
+                         f"NaN in a JSON-lines file?). Make every row's {column!r} a string, or pass --text_column "
+                         "naming a text column.")

@@ -38,9 +38,12 @@ def _emit(flat: np.ndarray, block_size: int):
 
 def tokenized_documents(dataset: Dataset | IterableDataset, tokenizer: PreTrainedTokenizerBase, text_column: str,
                         batch_size: int = 1000) -> Iterator[list[int]]:
-    """Token ids of each document, tokenized a batch at a time (the Rust tokenizer parallelises a batch)."""
+    """Token ids of each document, tokenized a batch at a time (the Rust tokenizer parallelises a batch).
+
+    A row without text (``null`` in a JSON-lines file) is an empty document, as an empty string is.
+    """
     for batch in dataset.select_columns([text_column]).iter(batch_size=batch_size):
-        yield from tokenizer(batch[text_column], add_special_tokens=False)["input_ids"]
+        yield from tokenizer([text or "" for text in batch[text_column]], add_special_tokens=False)["input_ids"]
 
 
 def pack_dataset(dataset: Dataset | IterableDataset, tokenizer: PreTrainedTokenizerBase, text_column: str, block_size: int,

@@ -142,18 +142,29 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").lower() in ("1", "true", "yes")
 
 
+def sharding_in_use(model: nn.Module | None = None) -> str | None:
+    """``"DeepSpeed"`` or ``"FSDP"`` when ``model`` is sharded, or will be by the launcher (accelerate launch
+    exports ACCELERATE_USE_DEEPSPEED / ACCELERATE_USE_FSDP); None otherwise."""
+    if _env_flag("ACCELERATE_USE_DEEPSPEED") or type(model).__name__ == "DeepSpeedEngine":
+        return "DeepSpeed"
+    if _env_flag("ACCELERATE_USE_FSDP") or type(model).__name__ == "FullyShardedDataParallel" or (
+            model is not None and any(type(p).__name__ == "DTensor" for p in model.parameters())):
+        return "FSDP"
+    return None
+
+
+_SHARDING_REASONS = {"DeepSpeed": "DeepSpeed hands the optimizer flattened parameter shards",
+                     "FSDP": "FSDP shards the weight matrices into DTensors"}
+
+
 def refuse_sharding(model: nn.Module, who: str) -> None:
     """Raise when the model is (or will be) FSDP-sharded or handled by DeepSpeed."""
-    reason = None
-    if _env_flag("ACCELERATE_USE_DEEPSPEED") or type(model).__name__ == "DeepSpeedEngine":
-        reason = "DeepSpeed hands the optimizer flattened parameter shards"
-    elif _env_flag("ACCELERATE_USE_FSDP") or type(model).__name__ == "FullyShardedDataParallel" or any(
-            type(p).__name__ == "DTensor" for p in model.parameters()):
-        reason = "FSDP shards the weight matrices into DTensors"
-    if reason:
-        raise ValueError(f"{who} preconditions whole weight matrices with Kronecker factors, but {reason}. "
-                         "Train it with plain data parallelism (accelerate launch --multi_gpu, no FSDP/DeepSpeed "
-                         "config) or choose an elementwise optimizer such as foco or adamw.")
+    backend = sharding_in_use(model)
+    if backend:
+        raise ValueError(f"{who} preconditions whole weight matrices with Kronecker factors, but "
+                         f"{_SHARDING_REASONS[backend]}. Train it with plain data parallelism (accelerate launch "
+                         "--multi_gpu, no FSDP/DeepSpeed config) or choose an elementwise optimizer such as foco or "
+                         "adamw.")
 
 
 class _KroneckerOptimizer(torch.optim.Optimizer):

@@ -35,6 +35,7 @@ from transformers.training_args import OptimizerNames
 
 from ..distributed import COMPRESSION_HOOKS
 from ..optim import DECAY_POLICIES, get_optimizer, is_registered, list_optimizers
+from ..optim.fop import sharding_in_use
 from ..optim.validation import check_choice
 
 NATIVE_OPTIMIZERS: tuple[str, ...] = tuple(o.value for o in OptimizerNames)
@@ -196,6 +197,7 @@ class FocoTrainingArguments(TrainingArguments):
             super().__post_init__()
             return
         spec = get_optimizer(name)
+        self._check_set_up_for(spec)
         defaults = hyperparameter_defaults(spec)
         betas = defaults.get("betas")
         if not betas and (self.adam_beta1, self.adam_beta2) != (None, None):
@@ -232,6 +234,20 @@ class FocoTrainingArguments(TrainingArguments):
             raise ValueError(f"--spike_zscore={self.spike_zscore}: it must be a positive number.")
         if self.max_bad_steps < 1:
             raise ValueError(f"--max_bad_steps={self.max_bad_steps}: it must be >= 1.")
+
+    def _check_set_up_for(self, spec) -> None:
+        """Refuse a parallelism or batch size the optimizer cannot train with, before anything is built."""
+        if not spec.supports_sharded_params:
+            backend = "DeepSpeed" if self.deepspeed else "FSDP" if self.fsdp else sharding_in_use()
+            if backend:
+                raise ValueError(f"--optim {spec.name} needs every weight matrix whole, but {backend} shards them: "
+                                 "train it with plain data parallelism (accelerate launch --multi_gpu, without "
+                                 "--fsdp/--deepspeed or an FSDP/DeepSpeed accelerate config), or choose an "
+                                 "optimizer that supports sharding, such as foco or adamw.")
+        if spec.needs_half_batch_grads and self.per_device_train_batch_size < 2:
+            raise ValueError(f"--optim {spec.name} splits every micro-batch into two halves, which a batch of "
+                             f"{self.per_device_train_batch_size} example cannot be: set --per_device_train_batch_size "
+                             "to 2 or more (even), with --dataloader_drop_last true.")
 
     @staticmethod
     def _check_by_construction(spec, kwargs: dict) -> None:

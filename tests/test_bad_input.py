@@ -1,0 +1,218 @@
+"""Bad input matrix: every case fails with an error that names the problem and the fix, and leaves the run's
+existing checkpoint untouched.
+
+Each case starts from an ``output_dir`` holding ``checkpoint-2`` of a real 2-step run (made once per module)
+and goes through a user-facing entry point: mostly ``hf_foco.pretrain.main`` (what ``scripts/run_pretrain.py``
+and ``hf-foco train`` call), which turns bad input into a one-line ``SystemExit`` before training starts; a
+few go through ``create_optimizer``. Afterwards every file of ``output_dir`` has the same
+bytes and modification time, and nothing new appeared there beyond what a row declares.
+
+"NaN in the data path". Token data are integers, so a NaN cannot reach the model through the packed blocks;
+it can enter in two places, both in the table:
+
+* before tokenization, as a JSON-lines text column holding numbers or NaN (arrow then reads the column as
+  numbers or JSON, and tokenizing it used to crash with an AttributeError): ``nan_in_jsonl_text`` must be
+  refused with the column named, before training;
+* as a non-finite loss during training (a token whose embedding went NaN, simulated by a callback that writes
+  NaN into the embedding table at every step): the stability monitor skips those steps and, after
+  ``--max_bad_steps`` of them in a row, stops with ``TrainingDivergedError`` before anything is saved, so the
+  checkpoint stays the last good state (``nonfinite_loss``; it only adds the ``stability.json`` summary).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import huggingface_hub
+import pytest
+import torch
+from pretrain_utils import REPO, short_args
+from trainer_utils import tiny_gpt2
+from transformers import TrainerCallback
+
+from hf_foco.optim import create_optimizer
+from hf_foco.pretrain import main
+from hf_foco.trainer import TrainingDivergedError
+
+RECIPE = REPO / "recipes" / "gpt2-nano" / "foco.yaml"
+FOP_RECIPE, KFAC_RECIPE = (REPO / "recipes" / "gpt2-nano" / f"{name}.yaml" for name in ("fop", "kfac"))
+
+
+@dataclass
+class Ctx:
+    """What a case may use: the run's output_dir (holding checkpoint-2), scratch space, the environment."""
+
+    out: Path
+    tmp: Path
+    data_keys: list[str]
+    monkeypatch: pytest.MonkeyPatch
+
+    def main(self, *extra: str, recipe: Path | str = RECIPE, callbacks=None):
+        """``run_pretrain RECIPE`` for 2 short steps into ``out``; later keys win, so ``extra`` overrides."""
+        return main([str(recipe), *short_args(self.out, self.data_keys), *extra], callbacks=callbacks)
+
+    def file(self, name: str, text: str) -> str:
+        path = self.tmp / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return str(path)
+
+    def recipe(self, text: str) -> str:
+        """The nano foco recipe plus ``text`` (YAML keys)."""
+        return self.file("recipe.yaml", RECIPE.read_text() + text)
+
+
+class PoisonEmbeddings(TrainerCallback):
+    """Writes NaN into the token embedding before every step, so every loss and gradient is non-finite."""
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        with torch.no_grad():
+            model.get_input_embeddings().weight.fill_(float("nan"))
+
+
+def corrupt_checkpoint(c: Ctx) -> None:
+    """A later checkpoint-4 of the same run whose weights were cut short (a full disk, a bad copy)."""
+    bad = c.out / "checkpoint-4"
+    shutil.copytree(c.out / "checkpoint-2", bad)
+    weights = bad / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+
+
+def kfac_under_deepspeed(c: Ctx):
+    c.monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # what `accelerate launch --use_deepspeed` exports
+    return c.main(recipe=KFAC_RECIPE)
+
+
+def kfac_under_fsdp_in_code(c: Ctx):
+    c.monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch --use_fsdp` exports
+    return create_optimizer("kfac", tiny_gpt2())
+
+
+def push_offline(c: Ctx):
+    c.monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    return c.main("--push_to_hub", "true", "--hub_model_id", "someone/tiny")
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    provoke: Callable[[Ctx], object]
+    error: type[BaseException]
+    message: str  # a regex over the error's message (and stderr): names the problem AND the fix
+    writes: tuple[str, ...] = ()  # files the case may add to output_dir (never inside a checkpoint)
+    prepare: Callable[[Ctx], None] | None = None  # adds to output_dir before the snapshot
+
+
+EXIT = SystemExit  # main's one-line "run_pretrain: error: ..." (argparse's own errors: on stderr, code 2)
+CASES = [
+    Case("unknown_optimizer", lambda c: c.main("--optim", "fooco"), EXIT,
+         r"argument --optim: invalid choice: 'fooco' \(choose from .*'foco'"),
+    Case("unknown_optimizer_in_recipe", lambda c: c.main(recipe=c.recipe("optim: fooco\n")), EXIT,
+         r"Unknown optimizer --optim 'fooco'\. Did you mean 'foco'\? Run `hf-foco optimizers`"),
+    Case("unknown_optimizer_in_code", lambda c: create_optimizer("fooco", tiny_gpt2()), KeyError,
+         r"Unknown optimizer 'fooco'\. Did you mean 'foco'\? Known optimizers: .*focus"),
+    Case("gamma_at_least_1", lambda c: c.main("--optim_kwargs", '{"gamma": 1.0}'), EXIT,  # the recipe's own key
+         r"Invalid gamma=1\.0: it must be in \[0, 1\)\. Fix it with .*--optim_args"),
+    Case("unknown_hyperparameter", lambda c: c.main("--optim_args", "gama=0.2"), EXIT,
+         r"Unknown hyperparameter\(s\) for optimizer 'foco': 'gama' \(did you mean 'gamma'\?\)\. Valid keys:"),
+    Case("negative_lr", lambda c: c.main("--learning_rate", "-0.001"), EXIT,
+         r"lr=-0\.001: it must be >= 0\. Fix it with --learning_rate"),
+    Case("beta_out_of_range", lambda c: c.main("--adam_beta2", "1.5"), EXIT,
+         r"betas\[1\]=1\.5: it must be in \[0, 1\)\. Fix it with .*--adam_beta2"),
+    Case("fop_under_fsdp", lambda c: c.main("--fsdp", "full_shard", recipe=FOP_RECIPE), EXIT,
+         r"--optim fop needs every weight matrix whole, but FSDP shards them: train it with plain data parallelism"),
+    Case("kfac_under_deepspeed", kfac_under_deepspeed, EXIT,
+         r"--optim kfac needs every weight matrix whole, but DeepSpeed shards them: train it with plain data "
+         r"parallelism .* or choose an optimizer that supports sharding"),
+    Case("kfac_under_fsdp_in_code", kfac_under_fsdp_in_code, ValueError,
+         r"KFAC preconditions whole weight matrices .* FSDP shards .* Train it with plain data parallelism"),
+    Case("fop_batch_of_one", lambda c: c.main("--per_device_train_batch_size", "1", recipe=FOP_RECIPE), EXIT,
+         r"--optim fop splits every micro-batch into two halves, which a batch of 1 example cannot be: set "
+         r"--per_device_train_batch_size to 2 or more"),
+    Case("missing_data", lambda c: c.main("--train_files", f"{c.tmp}/nowhere/*.py"), EXIT,
+         r"no file matches '.*/nowhere/\*\.py'\. Check the path, or leave --train_files unset"),
+    Case("empty_data", lambda c: c.main("--train_files", c.file("empty.txt", "\n\n")), EXIT,
+         r"The corpus is empty: the local files hold no text in column 'text'\. Point --train_files"),
+    Case("data_shorter_than_a_block",
+         lambda c: c.main("--train_files", c.file("short.txt", "x = 1\n" * 40), "--validation_fraction", "0.5"), EXIT,
+         r"split of local files .* has fewer tokens than one block of 128: add data, lower --block_size"),
+    Case("missing_text_column", lambda c: c.main("--text_column", "body"), EXIT,
+         r"no text column 'body'; its columns are \['text'\]\. Pass --text_column with one of them"),
+    Case("nan_in_jsonl_text",
+         lambda c: c.main("--train_files", c.file("rows.jsonl", '{"text": "def f(): pass"}\n{"text": NaN}\n' * 20)),
+         EXIT, r"column 'text' holds Json\(decode=True\) values, not text only \(numbers or NaN in a JSON-lines "
+               r"file\?\)\. Make every row's 'text' a string"),
+    Case("nonfinite_loss",  # (main resumes from checkpoint-2, so it needs max_steps > 2 to train at all)
+         lambda c: c.main("--max_steps", "6", "--max_bad_steps", "2", callbacks=[PoisonEmbeddings()]),
+         TrainingDivergedError, r"Stopped at step \d+: 2 consecutive steps had non-finite gradients .* The last "
+                                r"saved checkpoint in .* is intact\. Lower --learning_rate",
+         writes=("stability.json",)),
+    Case("block_size_too_large", lambda c: c.main("--block_size", "512"), EXIT,
+         r"--block_size 512 exceeds the model's 256 positions: lower --block_size or raise them "
+         r"\(e\.g\. --config_overrides n_positions=512\)"),
+    Case("unknown_preset", lambda c: c.main("--model", "gpt2-nanoo"), EXIT,
+         r"Unknown GPT-2 preset 'gpt2-nanoo'\. Did you mean 'gpt2-nano'\? .* or pass --config_name"),
+    Case("unknown_recipe_key", lambda c: c.main(recipe=c.recipe("learning_rat: 1.0e-3\n")), EXIT,
+         r"Unknown key\(s\) in recipe .*'learning_rat' \(did you mean 'learning_rate'\?\)\. Run "
+         r"`scripts/run_pretrain\.py --help`"),
+    Case("missing_recipe", lambda c: c.main(recipe=c.tmp / "foco.yml"), EXIT,
+         r"Recipe '.*foco\.yml' does not exist \(see recipes/ for examples\)"),
+    Case("corrupted_checkpoint", lambda c: c.main("--resume_from_checkpoint", str(c.out / "checkpoint-4")), EXIT,
+         r"--resume_from_checkpoint .*checkpoint-4 cannot be resumed from: model\.safetensors is corrupt "
+         r"\(SafetensorError: .*\)\. Resume from another, intact checkpoint-N directory", prepare=corrupt_checkpoint),
+    Case("missing_checkpoint", lambda c: c.main("--resume_from_checkpoint", str(c.out / "checkpoint-9")), EXIT,
+         r"--resume_from_checkpoint .*checkpoint-9 cannot be resumed from: no such directory\. Resume from another"),
+    Case("push_without_network", push_offline, EXIT,
+         r"--push_to_hub needs the network but HF_HUB_OFFLINE=1 is set: drop --push_to_hub and upload the finished "
+         r"run later with `hf-foco push"),
+    Case("unwritable_output_dir",
+         lambda c: c.main("--output_dir", f"{c.file('taken', 'a file')}/run"), EXIT,
+         r"--output_dir .*/taken/run cannot hold the run's checkpoints: .*/taken is a file, not a directory\. Pass "
+         r"a --output_dir you can write to"),
+]
+
+
+def snapshot(root: Path) -> dict[str, tuple[str, int]]:
+    """Every file under ``root``: (sha256 of its bytes, modification time in ns)."""
+    return {str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+            for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(workspace):
+    """``checkpoint-2`` (weights, optimizer, scheduler, RNG and trainer state) of a real 2-step foco run."""
+    out = workspace["root"] / "seed_run"
+    main([str(RECIPE), *short_args(out, workspace["data_keys"]), "--save_strategy", "steps", "--save_steps", "2"])
+    return out / "checkpoint-2"
+
+
+def test_the_matrix_is_large_and_unique():
+    assert len(CASES) >= 15 and len({c.id for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_bad_input_fails_clearly_and_leaves_the_checkpoint_untouched(case, workspace, checkpoint, tmp_path,
+                                                                     monkeypatch, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(checkpoint, out / checkpoint.name)  # copy2: the modification times travel too
+    ctx = Ctx(out=out, tmp=tmp_path / "scratch", data_keys=workspace["data_keys"], monkeypatch=monkeypatch)
+    ctx.tmp.mkdir()
+    if case.prepare:
+        case.prepare(ctx)
+    before = snapshot(out)
+    assert {"model.safetensors", "optimizer.pt", "trainer_state.json"} <= {Path(k).name for k in before}
+    with pytest.raises(case.error) as raised:
+        case.provoke(ctx)
+    error = raised.value
+    text = str(error.code if isinstance(error, SystemExit) else error) + capsys.readouterr().err
+    assert re.search(case.message, text, flags=re.DOTALL), text[-2000:]
+    if isinstance(error, SystemExit) and isinstance(error.code, str):
+        assert error.code.startswith("run_pretrain: error: ") and "\n" not in error.code  # one line, no traceback
+    after = snapshot(out)
+    assert {k: after.get(k) for k in before} == before, "an existing file was changed or removed"
+    assert sorted(set(after) - set(before)) == sorted(case.writes)

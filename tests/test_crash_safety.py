@@ -1,0 +1,187 @@
+"""Crash safety: a pretraining run SIGKILLed between checkpoints or while writing one is rerun with the same
+command, resumes from the latest complete checkpoint (never a partial one) and ends bit-identical to a run
+that was never interrupted; and which checkpoint directories count as complete."""
+
+import json
+import logging
+import re
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+from pretrain_utils import REPO, short_args
+from safetensors.torch import load_file
+from trainer_utils import common_args, text_dataset, tiny_gpt2
+from transformers.trainer_utils import get_last_checkpoint
+
+from hf_foco.trainer import FocoTrainer, FocoTrainingArguments
+from hf_foco.trainer.checkpoints import checkpoint_problem, checkpoint_to_resume, latest_complete_checkpoint
+
+# run_pretrain with a step trace on stdout and, with $CRASH_AT set, a SIGKILL of its own process:
+# "step:N" right after step N (between checkpoints), "save:N" in the middle of writing checkpoint-N (model,
+# optimizer and scheduler written; RNG state and trainer_state.json not yet).
+WRAPPER = """\
+import os, signal, sys
+from transformers import TrainerCallback
+from hf_foco.pretrain import main
+from hf_foco.trainer import FocoTrainer
+
+CRASH_AT = os.environ.get("CRASH_AT")
+
+def die():
+    sys.stdout.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+class Trace(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        print("STEP", state.global_step, flush=True)
+        if CRASH_AT == f"step:{state.global_step}":
+            die()
+
+save_rng_state = FocoTrainer._save_rng_state
+
+def crashing_save_rng_state(self, output_dir):
+    if CRASH_AT == f"save:{self.state.global_step}":
+        die()
+    save_rng_state(self, output_dir)
+
+FocoTrainer._save_rng_state = crashing_save_rng_state
+sys.exit(main(sys.argv[1:], callbacks=[Trace()]))
+"""
+MAX_STEPS, SAVE_STEPS = 12, 4
+
+
+def _start(workspace, wrapper, out, crash_at=None):
+    cmd = [sys.executable, str(wrapper), str(REPO / "recipes" / "gpt2-nano" / "foco.yaml"),
+           *short_args(out, workspace["data_keys"]), "--max_steps", str(MAX_STEPS), "--save_strategy", "steps",
+           "--save_steps", str(SAVE_STEPS), "--config_overrides", "n_layer=2,n_embd=64,n_head=2",
+           "--disable_tqdm", "true"]
+    env = {**workspace["env"], **({"CRASH_AT": crash_at} if crash_at else {})}
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(proc):
+    log, _ = proc.communicate(timeout=300)
+    return proc.returncode, log, [int(step) for step in re.findall(r"STEP (\d+)\n", log)]
+
+
+def test_sigkilled_runs_resume_from_the_latest_complete_checkpoint_and_end_identical(workspace, tmp_path):
+    """Killed after step 10: the rerun resumes from checkpoint-8. Killed while writing checkpoint-8: the rerun
+    skips it and resumes from checkpoint-4. Both end with the uninterrupted run's weights, bit for bit."""
+    wrapper = tmp_path / "crashing_run.py"
+    wrapper.write_text(WRAPPER)
+    reference, between, during = tmp_path / "uninterrupted", tmp_path / "between", tmp_path / "during"
+    # The three first runs concurrently (they are mostly interpreter start-up), then the two reruns.
+    first = {out: _start(workspace, wrapper, out, crash) for out, crash in
+             [(reference, None), (between, "step:10"), (during, "save:8")]}
+    done = {out: _finish(proc) for out, proc in first.items()}
+    rc, log, steps = done[reference]
+    assert rc == 0 and steps == list(range(1, MAX_STEPS + 1)), log[-3000:]
+    for out, last_step in [(between, 10), (during, 8)]:
+        rc, log, steps = done[out]
+        assert rc == -signal.SIGKILL and steps == list(range(1, last_step + 1)), log[-3000:]
+    # Killed in the middle of writing checkpoint-8: the directory is there, with weights and optimizer state
+    # but no trainer_state.json, and transformers' name-based search would resume from it.
+    partial = during / "checkpoint-8"
+    assert (partial / "model.safetensors").is_file() and (partial / "optimizer.pt").is_file()
+    assert not (partial / "trainer_state.json").exists()
+    assert get_last_checkpoint(str(during)) == str(partial)
+
+    reruns = {out: _start(workspace, wrapper, out) for out in (between, during)}  # the same command, no flag
+    for out, resumed_from in [(between, 8), (during, 4)]:
+        rc, log, steps = _finish(reruns[out])
+        assert rc == 0, log[-3000:]
+        assert f"Resuming from {out / f'checkpoint-{resumed_from}'}," in log, log[-3000:]
+        assert (f"Skipping partial checkpoint {partial}: no trainer_state.json" in log) == (out == during)
+        assert steps == list(range(resumed_from + 1, MAX_STEPS + 1)), (out.name, steps)
+        final = load_file(out / "model.safetensors")
+        expected = load_file(reference / "model.safetensors")
+        assert final.keys() == expected.keys()
+        for key, value in expected.items():
+            assert torch.equal(final[key], value), (out.name, key)
+        # The rerun trained: its weights moved away from the checkpoint it resumed from.
+        start = load_file(out / f"checkpoint-{resumed_from}" / "model.safetensors")
+        assert any(not torch.equal(start[key], value) for key, value in expected.items())
+    assert checkpoint_problem(partial) is None  # the rerun rewrote checkpoint-8 completely
+
+
+@pytest.fixture(scope="module")
+def real_checkpoint(tmp_path_factory):
+    """A checkpoint-2 written by FocoTrainer itself (tiny GPT-2, foco), to cut into partial ones."""
+    out = tmp_path_factory.mktemp("trainer")
+    args = FocoTrainingArguments(**common_args(out, optim="foco", max_steps=2, save_strategy="steps",
+                                               save_steps=2))
+    FocoTrainer(model=tiny_gpt2(), args=args, train_dataset=text_dataset(16)).train()
+    return out / "checkpoint-2"
+
+
+def _copy(checkpoint, output_dir, step):
+    """``checkpoint`` as ``output_dir/checkpoint-<step>``, its trainer_state.json saying that step."""
+    target = output_dir / f"checkpoint-{step}"
+    shutil.copytree(checkpoint, target)
+    state = json.loads((target / "trainer_state.json").read_text())
+    (target / "trainer_state.json").write_text(json.dumps({**state, "global_step": step}))
+    return target
+
+
+# What a SIGKILL (or a resume into another layout) can leave, each with the reason given.
+PARTIAL = {
+    "killed before trainer_state.json": (lambda c: (c / "trainer_state.json").unlink(), "no trainer_state.json"),
+    "killed while writing trainer_state.json": (
+        lambda c: (c / "trainer_state.json").write_text((c / "trainer_state.json").read_text()[:40]),
+        "trainer_state.json is truncated"),
+    "no optimizer.pt": (lambda c: (c / "optimizer.pt").unlink(), "no optimizer state"),
+    "no scheduler.pt": (lambda c: (c / "scheduler.pt").unlink(), "no scheduler state"),
+    "no rng_state.pth": (lambda c: (c / "rng_state.pth").unlink(), "no rng_state.pth"),
+    "no model weights": (lambda c: (c / "model.safetensors").unlink(), "no model weights"),
+    "state of another step": (
+        lambda c: (c / "trainer_state.json").write_text(json.dumps({"global_step": 3})),
+        "trainer_state.json records step 3"),
+}
+
+
+@pytest.mark.parametrize("damage", PARTIAL)
+def test_a_partial_checkpoint_is_skipped_with_a_warning_naming_it(real_checkpoint, tmp_path, caplog, damage):
+    mutate, reason = PARTIAL[damage]
+    complete = [_copy(real_checkpoint, tmp_path, step) for step in (4, 8)]
+    partial = _copy(real_checkpoint, tmp_path, 12)
+    mutate(partial)
+    (tmp_path / "checkpoint-20").write_text("a file, not a checkpoint directory")
+    (tmp_path / "checkpoint-final").mkdir()
+    with caplog.at_level(logging.WARNING):
+        assert latest_complete_checkpoint(tmp_path) == str(complete[-1])
+    assert f"Skipping partial checkpoint {partial}: {reason}" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == [  # nothing deleted
+        "checkpoint-12", "checkpoint-20", "checkpoint-4", "checkpoint-8", "checkpoint-final"]
+
+
+def test_every_rank_needs_its_rng_state(real_checkpoint, tmp_path):
+    checkpoint = _copy(real_checkpoint, tmp_path, 2)
+    assert latest_complete_checkpoint(tmp_path, world_size=1) == str(checkpoint)
+    assert "rng_state_0.pth, rng_state_1.pth" in checkpoint_problem(checkpoint, world_size=2)
+    shutil.copy(checkpoint / "rng_state.pth", checkpoint / "rng_state_0.pth")
+    assert "no rng_state_1.pth" in checkpoint_problem(checkpoint, world_size=2)
+    shutil.copy(checkpoint / "rng_state.pth", checkpoint / "rng_state_1.pth")
+    assert latest_complete_checkpoint(tmp_path, world_size=2) == str(checkpoint)
+
+
+def test_only_partial_checkpoints_or_none_start_from_scratch(real_checkpoint, tmp_path):
+    assert latest_complete_checkpoint(tmp_path / "missing") is None
+    assert checkpoint_to_resume(tmp_path) is None
+    (_copy(real_checkpoint, tmp_path, 4) / "trainer_state.json").unlink()
+    assert latest_complete_checkpoint(tmp_path) is None
+    assert checkpoint_to_resume(tmp_path) is None
+
+
+def test_resume_flag_keeps_a_path_and_resolves_latest(real_checkpoint, tmp_path):
+    assert checkpoint_to_resume(tmp_path, "/some/where/checkpoint-7") == "/some/where/checkpoint-7"
+    for word in ("latest", "true", "True"):
+        with pytest.raises(ValueError, match=f"--resume_from_checkpoint {word}: .* holds no complete checkpoint"):
+            checkpoint_to_resume(tmp_path, word)
+    checkpoint = _copy(real_checkpoint, tmp_path, 6)
+    assert checkpoint_to_resume(tmp_path, "latest") == checkpoint_to_resume(tmp_path) == str(checkpoint)
+    # An explicit path wins over the latest checkpoint.
+    assert checkpoint_to_resume(tmp_path, str(real_checkpoint)) == str(real_checkpoint)
