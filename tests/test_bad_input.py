@@ -116,7 +116,7 @@ CASES = [
          r"Unknown optimizer --optim 'fooco'\. Did you mean 'foco'\? Run `hf-foco optimizers`"),
     Case("unknown_optimizer_in_code", lambda c: create_optimizer("fooco", tiny_gpt2()), KeyError,
          r"Unknown optimizer 'fooco'\. Did you mean 'foco'\? Known optimizers: .*focus"),
-    Case("gamma_at_least_1", lambda c: c.main("--optim_kwargs", '{"gamma": 1.0}'), EXIT,  # the recipe's own key
+    Case("gamma_at_least_1", lambda c: c.main("--optim_args", "gamma=1.0"), EXIT,
          r"Invalid gamma=1\.0: it must be in \[0, 1\)\. Fix it with .*--optim_args"),
     Case("unknown_hyperparameter", lambda c: c.main("--optim_args", "gama=0.2"), EXIT,
          r"Unknown hyperparameter\(s\) for optimizer 'foco': 'gama' \(did you mean 'gamma'\?\)\. Valid keys:"),

@@ -155,7 +155,7 @@ def _group_markdown(name: str, group: dict[str, Any], rows: Sequence[dict[str, A
     lines += ["| optimizer | best LR | final eval loss | steps to target | speedup vs AdamW | missed |",
               "|---|---|---|---|---|---|"]
     for opt, e in group["optimizers"].items():
-        lines.append(f"| {opt} | {_fmt(e['best_learning_rate'], 'g')} | {_fmt_spread(e['final_eval_loss'])} | "
+        lines.append(f"| {opt} | {_fmt(e['best_learning_rate'], 'g')} | {_fmt_spread(e['final_eval_loss'], '.3f')} | "
                      f"{_fmt_spread(e['steps_to_target'], '.0f')} | {_fmt_spread(e['speedup'], '.2f')} | "
                      f"{_fmt(e['missed'], 'd')} |")
     lines += ["", "Stability over every learning rate and seed:", "",
