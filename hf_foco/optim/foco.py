@@ -21,7 +21,8 @@ instead of 8:
   rounded once per step, from fp32.
 
 Two implementations of the same rule: a multi-tensor (``torch._foreach_*``) step grouped by device and
-dtype, and a fused step (``torch.compile`` of one elementwise kernel, compiled once with dynamic shapes)
+dtype, working in place in fp32 scratch buffers of bounded size (so it allocates no per-parameter
+temporaries), and a fused step (``torch.compile`` of one elementwise kernel, compiled once with dynamic shapes)
 that reads theta, g, m, e once and writes theta, m, e once: 20 bytes per fp32 parameter. The fused step is
 the default on CUDA and can be requested anywhere torch.compile works (``fused=True``).
 """
@@ -104,37 +105,76 @@ def _step_of(row: tuple[torch.Tensor, ...]) -> tuple:
     return row[0].device, row[0].dtype, row[-1].item()
 
 
-def _multi_tensor_foco(params, grads, exp_avgs, pulls, steps, *, lr, beta1, beta2, gamma, weight_decay):
-    """The single-tensor arithmetic, op for op, on fp32 lists.
+# Elements per scratch buffer of the multi-tensor step: three fp32 buffers (48 MB), reused chunk after chunk.
+CHUNK_NUMEL = 1 << 22
 
-    The 16-bit states are widened once and rounded back once (a mixed-dtype foreach op converts on every
-    call), and every op after the widening is in place: on a CPU, fresh 0.5 GB buffers cost more in page
-    faults than the arithmetic.
+
+def _multi_tensor_foco(params, grads, exp_avgs, pulls, steps, *, lr, beta1, beta2, gamma, weight_decay):
+    """The single-tensor arithmetic, op for op, on lists, in fp32 scratch buffers reused chunk by chunk.
+
+    The 16-bit states are widened into the scratch once and rounded back once (a mixed-dtype foreach op
+    would convert on every call), and every op is in place: on a CPU a fresh 0.5 GB temporary costs more
+    in page faults than the arithmetic, so the parameters are cut into flat pieces that fill at most
+    ``CHUNK_NUMEL`` elements of scratch at a time.
     """
     torch._foreach_add_(steps, 1)
     # One foreach group per (device, dtype, step): k_t is then a plain scalar of the group.
     for p_list, g_list, m_list, e_list, step_list in group_by_device_and_dtype(
             [params, grads, exp_avgs, pulls, steps], key=_step_of):
-        m32, update = as_fp32(m_list), as_fp32(e_list)
-        torch._foreach_lerp_(m32, as_fp32(g_list), 1 - beta1)
-        _copy(m_list, m32)
+        keep = _ema_keep(beta2, step_list[0].item())
         with fp32_params(p_list) as theta:
-            theta_hat = torch._foreach_add(theta, update, alpha=_ema_keep(beta2, step_list[0].item()))
-            torch._foreach_sign_(update)
-            torch._foreach_mul_(update, -gamma)
-            torch._foreach_sign_(m32)
-            torch._foreach_add_(update, m32)
-            if weight_decay:
-                torch._foreach_add_(update, theta_hat, alpha=weight_decay)
-            torch._foreach_add_(theta, update, alpha=-lr)
-            torch._foreach_sub_(theta_hat, theta)
-        _copy(e_list, theta_hat)
+            rows = [[_local(t) for t in row] for row in zip(theta, as_fp32(g_list), m_list, e_list)]
+            total = sum(row[0].numel() for row in rows)
+            scratch = torch.empty(3, min(total, CHUNK_NUMEL), dtype=torch.float32, device=rows[0][0].device)
+            for theta_c, g_c, m_c, e_c in _flat_chunks(rows, scratch.shape[1]):
+                m32, update, theta_hat = ([buffer[a:b] for a, b in _offsets(theta_c)] for buffer in scratch)
+                torch._foreach_copy_(m32, m_c)
+                torch._foreach_lerp_(m32, g_c, 1 - beta1)
+                torch._foreach_copy_(m_c, m32)
+                torch._foreach_copy_(update, e_c)
+                torch._foreach_copy_(theta_hat, theta_c)
+                torch._foreach_add_(theta_hat, update, alpha=keep)
+                torch._foreach_sign_(update)
+                torch._foreach_mul_(update, -gamma)
+                torch._foreach_sign_(m32)
+                torch._foreach_add_(update, m32)
+                if weight_decay:
+                    torch._foreach_add_(update, theta_hat, alpha=weight_decay)
+                torch._foreach_add_(theta_c, update, alpha=-lr)
+                torch._foreach_sub_(theta_hat, theta_c)
+                torch._foreach_copy_(e_c, theta_hat)
 
 
-def _copy(dst: list[torch.Tensor], src: list[torch.Tensor]) -> None:
-    """Round fp32 results into the 16-bit states, tensor by tensor: _foreach_copy_ has no DTensor rule."""
-    for d, s in zip(dst, src):
-        d.copy_(s)
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of an FSDP2 DTensor (the update is elementwise), or the tensor itself."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def _flat_chunks(rows: list[list[torch.Tensor]], size: int):
+    """Flat pieces of each row's same-shaped tensors, batched so that a batch holds at most ``size``
+    elements; a tensor larger than ``size`` is cut into several pieces."""
+    batch, filled = [[] for _ in rows[0]], 0
+    for row in rows:
+        flats = [t.view(-1) for t in row]
+        numel = flats[0].numel()
+        for start in range(0, numel, size):
+            length = min(size, numel - start)
+            if filled + length > size:
+                yield batch
+                batch, filled = [[] for _ in rows[0]], 0
+            for column, flat in zip(batch, flats):
+                column.append(flat[start:start + length])
+            filled += length
+    if filled:
+        yield batch
+
+
+def _offsets(pieces: list[torch.Tensor]):
+    """(start, end) of each piece laid end to end in a scratch buffer."""
+    start = 0
+    for piece in pieces:
+        yield start, start + piece.numel()
+        start += piece.numel()
 
 
 def _foco_kernel(p, g, m, e, hyper):
