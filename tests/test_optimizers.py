@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from hf_foco.optim import FOCUS, Foco, Lion, Signum
-from hf_foco.optim import foco as foco_module
+from hf_foco.optim import base as optim_base
 
 STEPS, SIZE = 25, 12
 
@@ -147,13 +147,14 @@ def test_signum_momentum_accumulates_across_steps():
     assert p.item() == pytest.approx(-2.0)
 
 
-@pytest.mark.parametrize("cls, chunk", [(FOCUS, None), (Foco, None), (Foco, 8), (Signum, None), (Lion, None)])
+@pytest.mark.parametrize("cls, chunk", [(FOCUS, None), (FOCUS, 8), (Foco, None), (Foco, 8), (Signum, None),
+                                        (Lion, None)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_multi_tensor_equals_single_tensor(cls, chunk, dtype, monkeypatch):
-    """chunk: foco's multi-tensor step works through scratch buffers of CHUNK_NUMEL elements; 8 cuts the
+    """chunk: FOCUS's and foco's multi-tensor steps work in scratch buffers of CHUNK_NUMEL elements; 8 cuts the
     (7, 5) and (3, 4, 2) tensors into pieces and packs small ones together, which must not change a bit."""
     if chunk is not None:
-        monkeypatch.setattr(foco_module, "CHUNK_NUMEL", chunk)
+        monkeypatch.setattr(optim_base, "CHUNK_NUMEL", chunk)
     gen = torch.Generator().manual_seed(3)
     shapes = [(7, 5), (5,), (3, 4, 2), (1,)]
     init = [torch.randn(s, generator=gen).to(dtype) for s in shapes]

@@ -33,7 +33,15 @@ import warnings
 
 import torch
 
-from .base import ElementwiseOptimizer, as_fp32, default_foreach, fp32_params, group_by_device_and_dtype
+from .base import (
+    ElementwiseOptimizer,
+    as_fp32,
+    default_foreach,
+    fp32_params,
+    group_by_device_and_dtype,
+    scratch_chunks,
+    step_key,
+)
 from .validation import check_betas, check_lr, check_unit_interval, check_weight_decay
 
 # Inductor notes that the fused kernel mixes the bf16 momentum and the fp16 pull; that is by design.
@@ -101,33 +109,17 @@ def _single_tensor_foco(params, grads, exp_avgs, pulls, steps, *, lr, beta1, bet
             e.copy_(theta_hat.sub_(theta))
 
 
-def _step_of(row: tuple[torch.Tensor, ...]) -> tuple:
-    return row[0].device, row[0].dtype, row[-1].item()
-
-
-# Elements per scratch buffer of the multi-tensor step: three fp32 buffers (48 MB), reused chunk after chunk.
-CHUNK_NUMEL = 1 << 22
-
-
 def _multi_tensor_foco(params, grads, exp_avgs, pulls, steps, *, lr, beta1, beta2, gamma, weight_decay):
-    """The single-tensor arithmetic, op for op, on lists, in fp32 scratch buffers reused chunk by chunk.
-
-    The 16-bit states are widened into the scratch once and rounded back once (a mixed-dtype foreach op
-    would convert on every call), and every op is in place: on a CPU a fresh 0.5 GB temporary costs more
-    in page faults than the arithmetic, so the parameters are cut into flat pieces that fill at most
-    ``CHUNK_NUMEL`` elements of scratch at a time.
-    """
+    """The single-tensor arithmetic, op for op, on lists, in place in reused fp32 scratch
+    (:func:`~hf_foco.optim.base.scratch_chunks`): the 16-bit states are widened once and rounded back once
+    (a mixed-dtype foreach op would convert on every call) and no full-size temporary is allocated."""
     torch._foreach_add_(steps, 1)
-    # One foreach group per (device, dtype, step): k_t is then a plain scalar of the group.
     for p_list, g_list, m_list, e_list, step_list in group_by_device_and_dtype(
-            [params, grads, exp_avgs, pulls, steps], key=_step_of):
+            [params, grads, exp_avgs, pulls, steps], key=step_key):
         keep = _ema_keep(beta2, step_list[0].item())
         with fp32_params(p_list) as theta:
-            rows = [[_local(t) for t in row] for row in zip(theta, as_fp32(g_list), m_list, e_list)]
-            total = sum(row[0].numel() for row in rows)
-            scratch = torch.empty(3, min(total, CHUNK_NUMEL), dtype=torch.float32, device=rows[0][0].device)
-            for theta_c, g_c, m_c, e_c in _flat_chunks(rows, scratch.shape[1]):
-                m32, update, theta_hat = ([buffer[a:b] for a, b in _offsets(theta_c)] for buffer in scratch)
+            rows = list(zip(theta, as_fp32(g_list), m_list, e_list))
+            for (theta_c, g_c, m_c, e_c), (m32, update, theta_hat) in scratch_chunks(rows, 3):
                 torch._foreach_copy_(m32, m_c)
                 torch._foreach_lerp_(m32, g_c, 1 - beta1)
                 torch._foreach_copy_(m_c, m32)
@@ -143,38 +135,6 @@ def _multi_tensor_foco(params, grads, exp_avgs, pulls, steps, *, lr, beta1, beta
                 torch._foreach_add_(theta_c, update, alpha=-lr)
                 torch._foreach_sub_(theta_hat, theta_c)
                 torch._foreach_copy_(e_c, theta_hat)
-
-
-def _local(t: torch.Tensor) -> torch.Tensor:
-    """This rank's shard of an FSDP2 DTensor (the update is elementwise), or the tensor itself."""
-    return t.to_local() if hasattr(t, "to_local") else t
-
-
-def _flat_chunks(rows: list[list[torch.Tensor]], size: int):
-    """Flat pieces of each row's same-shaped tensors, batched so that a batch holds at most ``size``
-    elements; a tensor larger than ``size`` is cut into several pieces."""
-    batch, filled = [[] for _ in rows[0]], 0
-    for row in rows:
-        flats = [t.view(-1) for t in row]
-        numel = flats[0].numel()
-        for start in range(0, numel, size):
-            length = min(size, numel - start)
-            if filled + length > size:
-                yield batch
-                batch, filled = [[] for _ in rows[0]], 0
-            for column, flat in zip(batch, flats):
-                column.append(flat[start:start + length])
-            filled += length
-    if filled:
-        yield batch
-
-
-def _offsets(pieces: list[torch.Tensor]):
-    """(start, end) of each piece laid end to end in a scratch buffer."""
-    start = 0
-    for piece in pieces:
-        yield start, start + piece.numel()
-        start += piece.numel()
 
 
 def _foco_kernel(p, g, m, e, hyper):

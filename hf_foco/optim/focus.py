@@ -17,7 +17,15 @@ from __future__ import annotations
 
 import torch
 
-from .base import ElementwiseOptimizer, as_fp32, default_foreach, fp32_params, group_by_device_and_dtype
+from .base import (
+    ElementwiseOptimizer,
+    as_fp32,
+    default_foreach,
+    fp32_params,
+    group_by_device_and_dtype,
+    scratch_chunks,
+    step_key,
+)
 from .validation import check_betas, check_choice, check_lr, check_unit_interval, check_weight_decay
 
 DECAY_ORDERS = ("official", "paper")
@@ -82,21 +90,29 @@ def _single_tensor_focus(params, grads, exp_avgs, param_avgs, steps, *, lr, beta
 
 def _multi_tensor_focus(params, grads, exp_avgs, param_avgs, steps, *, lr, beta1, beta2, gamma,
                         weight_decay, decay_order):
+    """The single-tensor arithmetic, op for op, on lists; the temporaries (theta_hat, the attraction sign,
+    the momentum sign) live in reused fp32 scratch (:func:`~hf_foco.optim.base.scratch_chunks`)."""
+    torch._foreach_add_(steps, 1)
     for p_list, g_list, m_list, pbar_list, step_list in group_by_device_and_dtype(
-            [params, grads, exp_avgs, param_avgs, steps]):
-        torch._foreach_add_(step_list, 1)
-        corrections = [1 - beta2 ** s.item() for s in step_list]
+            [params, grads, exp_avgs, param_avgs, steps], key=step_key):
+        correction = 1 - beta2 ** step_list[0].item()
         torch._foreach_lerp_(m_list, as_fp32(g_list), 1 - beta1)
         with fp32_params(p_list) as theta:
-            torch._foreach_lerp_(pbar_list, theta, 1 - beta2)
-            phat = torch._foreach_div(pbar_list, corrections)
-            if weight_decay and decay_order == "paper":
-                torch._foreach_add_(theta, phat, alpha=-lr * weight_decay)
-            update = torch._foreach_mul(theta, corrections)
-            torch._foreach_sub_(update, pbar_list)
-            torch._foreach_sign_(update)
-            torch._foreach_mul_(update, gamma)
-            torch._foreach_add_(update, torch._foreach_sign(m_list))
-            torch._foreach_add_(theta, update, alpha=-lr)
-            if weight_decay and decay_order == "official":
-                torch._foreach_add_(theta, phat, alpha=-lr * weight_decay)
+            rows = list(zip(theta, m_list, pbar_list))
+            for (theta_c, m_c, pbar_c), (phat, update, sign_m) in scratch_chunks(rows, 3):
+                torch._foreach_lerp_(pbar_c, theta_c, 1 - beta2)
+                torch._foreach_copy_(phat, pbar_c)
+                torch._foreach_div_(phat, correction)
+                if weight_decay and decay_order == "paper":
+                    torch._foreach_add_(theta_c, phat, alpha=-lr * weight_decay)
+                torch._foreach_copy_(update, theta_c)
+                torch._foreach_mul_(update, correction)
+                torch._foreach_sub_(update, pbar_c)
+                torch._foreach_sign_(update)
+                torch._foreach_mul_(update, gamma)
+                torch._foreach_copy_(sign_m, m_c)
+                torch._foreach_sign_(sign_m)
+                torch._foreach_add_(update, sign_m)
+                torch._foreach_add_(theta_c, update, alpha=-lr)
+                if weight_decay and decay_order == "official":
+                    torch._foreach_add_(theta_c, phat, alpha=-lr * weight_decay)
