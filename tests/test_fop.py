@@ -180,37 +180,39 @@ def test_non_finite_steps_leave_the_optimizer_untouched():
         assert torch.equal(optimizer.state[optimizer.layers[0].weight][key], value)
 
 
-def _ddp_worker(rank, world, init_file, out_file):
+def _ddp_train(rank) -> dict:
+    """Two accumulated FOP steps on this rank's data. The DDP wrapper is freed when this returns, while
+    the process group is still alive: freeing its reducer after destroy_process_group can deadlock gloo's
+    teardown (the reducer's last reference to the group then runs the group's destructor under the GIL)."""
+    model = tiny_gpt2()
+    ddp = nn.parallel.DistributedDataParallel(model)
+    optimizer = FOP(param_groups(model, 0.1), model=model, lr=0.05, update_freq=1)
+    optimizer.attach(ddp)
+    batches = _batches(5, seed=10 + rank)  # each rank sees its own data and samples its own labels
+    torch.manual_seed(rank)
+    local_a = sample_fisher_factors(model, optimizer.layers, batches[0])[optimizer.layers[0].name][0]
+    trainer = StubTrainer(accumulation=2)
+    for step in range(2):
+        for micro in range(2):
+            with ddp.no_sync() if micro == 0 else contextlib.nullcontext():
+                optimizer.training_step(trainer, ddp, batches[1 + 2 * step + micro])
+        optimizer.step()
+        ddp.zero_grad()
+    return {"params": torch.cat([p.detach().reshape(-1) for p in model.parameters()]),
+            "A": optimizer.state[optimizer.layers[0].weight]["A"].clone(), "local_A": local_a}
+
+
+def _ddp_worker(rank, world, init_file, out_dir):
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        model = tiny_gpt2()
-        ddp = nn.parallel.DistributedDataParallel(model)
-        optimizer = FOP(param_groups(model, 0.1), model=model, lr=0.05, update_freq=1)
-        optimizer.attach(ddp)
-        batches = _batches(5, seed=10 + rank)  # each rank sees its own data and samples its own labels
-        torch.manual_seed(rank)
-        local_a = sample_fisher_factors(model, optimizer.layers, batches[0])[optimizer.layers[0].name][0]
-        trainer = StubTrainer(accumulation=2)
-        for step in range(2):
-            for micro in range(2):
-                with ddp.no_sync() if micro == 0 else contextlib.nullcontext():
-                    optimizer.training_step(trainer, ddp, batches[1 + 2 * step + micro])
-            optimizer.step()
-            ddp.zero_grad()
-        mine = {"params": torch.cat([p.detach().reshape(-1) for p in model.parameters()]),
-                "A": optimizer.state[optimizer.layers[0].weight]["A"], "local_A": local_a}
-        gathered = [None] * world
-        torch.distributed.all_gather_object(gathered, mine)
-        if rank == 0:
-            torch.save(gathered, out_file)
+        torch.save(_ddp_train(rank), f"{out_dir}/rank{rank}.pt")
     finally:
         torch.distributed.destroy_process_group()
 
 
 def test_ddp_ranks_stay_identical(tmp_path):
-    out_file = tmp_path / "ranks.pt"
-    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(out_file)), nprocs=2, join=True)
-    rank0, rank1 = torch.load(out_file, weights_only=True)
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    rank0, rank1 = (torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in (0, 1))
     assert not torch.allclose(rank0["local_A"], rank1["local_A"])  # the ranks' own curvature differs...
     torch.testing.assert_close(rank0["A"], rank1["A"], rtol=0, atol=0)  # ...the averaged factors do not
     torch.testing.assert_close(rank0["params"], rank1["params"], rtol=0, atol=0)

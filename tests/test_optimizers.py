@@ -387,3 +387,24 @@ def test_foco_fused_step_matches_foreach():
     close = (results[0] - results[1]).abs() <= 1e-5
     assert close.float().mean() >= 0.98
     assert (results[0] - results[1]).abs().max() <= 2 * 20 * 1e-3
+
+
+@pytest.mark.parametrize("cls", [FOCUS, Foco])
+def test_non_contiguous_parameters_take_the_per_tensor_step(cls):
+    """The chunked multi-tensor step walks flat views: a channels_last weight must not reach it by default,
+    and forcing it there is refused clearly."""
+    init = torch.randn(4, 3, 2, 2).to(memory_format=torch.channels_last)
+    grad = torch.randn(4, 3, 2, 2).to(memory_format=torch.channels_last)
+    results = []
+    for foreach in (None, False):
+        p = torch.nn.Parameter(init.clone(memory_format=torch.channels_last))
+        opt = cls([p], lr=0.01, weight_decay=0.1, foreach=foreach)
+        for _ in range(3):
+            p.grad = grad.clone(memory_format=torch.channels_last)
+            opt.step()
+        results.append(p.detach())
+    torch.testing.assert_close(results[0], results[1], rtol=0, atol=0)
+    p = torch.nn.Parameter(init.clone(memory_format=torch.channels_last))
+    p.grad = grad.clone(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="contiguous"):
+        cls([p], lr=0.01, foreach=True).step()

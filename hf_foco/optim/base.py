@@ -102,8 +102,9 @@ def group_by_device_and_dtype(tensorlists: list[list[torch.Tensor]], key=_device
 
 
 def default_foreach(params: list[torch.Tensor]) -> bool:
-    """torch's rule: use the multi-tensor path whenever every tensor is a native CPU/CUDA tensor."""
-    return all(type(p) is torch.Tensor or type(p) is torch.nn.Parameter for p in params)
+    """torch's rule (the multi-tensor path whenever every tensor is a native CPU/CUDA tensor), and
+    contiguous: the chunked multi-tensor steps walk flat views (:func:`scratch_chunks`)."""
+    return all((type(p) is torch.Tensor or type(p) is torch.nn.Parameter) and p.is_contiguous() for p in params)
 
 
 def as_fp32(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -146,7 +147,10 @@ def scratch_chunks(rows: list[tuple[torch.Tensor, ...]], n_scratch: int):
     FSDP2 DTensors are walked through their local shards (the update is elementwise).
     """
     rows = [[t.to_local() if hasattr(t, "to_local") else t for t in row] for row in rows]
-    size = min(sum(row[0].numel() for row in rows), CHUNK_NUMEL)
+    if not all(t.is_contiguous() for row in rows for t in row):
+        raise ValueError("foreach=True needs contiguous parameters and gradients (e.g. not channels_last); leave "
+                         "foreach unset to use the per-tensor step for them.")
+    size = max(1, min(sum(row[0].numel() for row in rows), CHUNK_NUMEL))
     buffers = torch.empty(n_scratch, size, dtype=torch.float32, device=rows[0][0].device)
     for columns in _flat_chunks(rows, size):
         bounds, start = [], 0
