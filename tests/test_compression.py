@@ -103,6 +103,7 @@ def _worker(rank: int, init_file: str, out_file: str) -> None:
     results["powersgd"] = _run("powersgd", start_powerSGD_iter=2, matrix_approximation_rank=1)
     if rank == 0:
         torch.save(results, out_file)
+    dist.barrier()  # no rank tears gloo down while another still talks to it (it can abort the process)
     dist.destroy_process_group()
 
 

@@ -206,6 +206,7 @@ def _ddp_worker(rank, world, init_file, out_dir):
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         torch.save(_ddp_train(rank), f"{out_dir}/rank{rank}.pt")
+        torch.distributed.barrier()  # no rank tears gloo down while another still talks to it
     finally:
         torch.distributed.destroy_process_group()
 

@@ -134,6 +134,7 @@ def _worker(rank: int, init_file: str, root: str) -> None:
             results[name] = traceback.format_exc()
     results["refusals"] = _refusals(mesh)
     torch.save(results, f"{root}/results_{rank}.pt")
+    dist.barrier()  # no rank tears gloo down while another still talks to it (it can abort the process)
     dist.destroy_process_group()
 
 
