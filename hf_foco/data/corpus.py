@@ -14,7 +14,7 @@ import glob
 import hashlib
 import os
 import sysconfig
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from datasets import Dataset, DatasetDict, IterableDataset, concatenate_datasets, load_dataset
@@ -127,11 +127,18 @@ def hub_corpus(name: str, config: str | None, split: str, validation_split: str 
     return split_dataset(train, validation_fraction, f"dataset {name!r}", text_column)
 
 
+def text_batches(dataset: Dataset | IterableDataset, column: str, batch_size: int = 1000) -> Iterator[list[str]]:
+    """The documents of ``column``, a batch at a time (the Rust tokenizer parallelises a batch). A row
+    without text (``null`` in a JSON-lines file) is an empty document, as an empty string is."""
+    for batch in dataset.select_columns([column]).iter(batch_size=batch_size):
+        yield [text or "" for text in batch[column]]
+
+
 def split_dataset(dataset: Dataset, fraction: float, what: str, text_column: str) -> DatasetDict:
     """Hold out documents by a hash of their row index (stable while the data is the same)."""
     check_text_column(dataset, text_column, "training")
-    texts = (text for batch in dataset.select_columns([text_column]).iter(batch_size=1000) for text in batch[text_column])
-    if not any((text or "").strip() for text in texts):  # stops at the first document with text
+    texts = (text for batch in text_batches(dataset, text_column) for text in batch)
+    if not any(text.strip() for text in texts):  # stops at the first document with text
         raise ValueError(f"The corpus is empty: {what} hold no text in column {text_column!r}. Point --train_files "
                          "or --dataset_name at data that has some.")
     train, val = split_by_key([str(i) for i in range(len(dataset))], fraction)

@@ -15,6 +15,8 @@ from datasets import Dataset, IterableDataset
 from datasets.utils.tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from .corpus import text_batches
+
 
 def iter_blocks(documents: Iterable[Sequence[int]], block_size: int, eos_token_id: int) -> Iterator[np.ndarray]:
     """Blocks of ``block_size`` ids from ``documents``, each followed by ``eos_token_id``, in order."""
@@ -36,14 +38,11 @@ def _emit(flat: np.ndarray, block_size: int):
     return flat[n * block_size:]
 
 
-def tokenized_documents(dataset: Dataset | IterableDataset, tokenizer: PreTrainedTokenizerBase, text_column: str,
-                        batch_size: int = 1000) -> Iterator[list[int]]:
-    """Token ids of each document, tokenized a batch at a time (the Rust tokenizer parallelises a batch).
-
-    A row without text (``null`` in a JSON-lines file) is an empty document, as an empty string is.
-    """
-    for batch in dataset.select_columns([text_column]).iter(batch_size=batch_size):
-        yield from tokenizer([text or "" for text in batch[text_column]], add_special_tokens=False)["input_ids"]
+def tokenized_documents(dataset: Dataset | IterableDataset, tokenizer: PreTrainedTokenizerBase,
+                        text_column: str) -> Iterator[list[int]]:
+    """Token ids of each document, tokenized a batch at a time."""
+    for texts in text_batches(dataset, text_column):
+        yield from tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
 def pack_dataset(dataset: Dataset | IterableDataset, tokenizer: PreTrainedTokenizerBase, text_column: str, block_size: int,

@@ -17,7 +17,14 @@ from datasets import Dataset, IterableDataset, load_from_disk
 from transformers import PreTrainedTokenizerBase
 
 from .cache import cache_path, default_cache_dir, save_atomically
-from .corpus import BUILTIN_TEXT_COLUMN, builtin_corpus, check_text_column, hub_corpus, local_corpus
+from .corpus import (
+    BUILTIN_TEXT_COLUMN,
+    builtin_corpus,
+    check_text_column,
+    hub_corpus,
+    local_corpus,
+    text_batches,
+)
 from .packing import pack_dataset, pack_stream
 from .tokenizer import cached_bpe, load_tokenizer, tokenizer_fingerprint
 
@@ -56,8 +63,8 @@ def load_raw(args) -> tuple[dict, str, str]:
 
 
 def _texts(dataset: Dataset | IterableDataset, column: str) -> Iterator[str]:
-    for batch in dataset.select_columns([column]).iter(batch_size=1000):
-        yield from filter(None, batch[column])
+    for texts in text_batches(dataset, column):
+        yield from filter(None, texts)
 
 
 def _fingerprint(dataset: Dataset | IterableDataset, args, limit: int | None) -> str:
