@@ -71,15 +71,20 @@ class ElementwiseOptimizer(Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None):
         """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             params, grads, states, steps = self._gather(group)
             if params:
                 self._apply(group, params, grads, states, steps)
         return loss
+
+
+def closure_loss(closure: Callable[[], float] | None):
+    """The loss ``closure`` returns, evaluated with autograd on inside a no-grad ``step`` (None without one)."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
 
 
 def _device_and_dtype(row: tuple[torch.Tensor, ...]) -> tuple:

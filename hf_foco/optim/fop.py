@@ -54,6 +54,7 @@ import torch
 from torch import nn
 from torch.optim.adamw import adamw
 
+from .base import closure_loss
 from .kfac import (
     DEFAULT_EXCLUDE,
     KFACLayer,
@@ -313,10 +314,7 @@ class _KroneckerOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             if not group["kfac"]:
                 self._adamw(group)
