@@ -1,39 +1,55 @@
-"""The ``hf-foco`` command line: one subcommand per job, each defined next to the code it runs.
+"""The ``hf-foco`` command line: every subcommand, as an argument builder and a function that runs it.
 
-A subcommand is a record in ``COMMANDS``: name -> (help, module, its argument and run functions).
+Each subcommand imports what it needs only when it is chosen, so ``hf-foco optimizers`` never loads the
+training stack. ``python -m hf_foco.cli train ...`` is how studies launch their runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
+import shlex
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+
+RECIPES_DIR = Path("recipes")
 
 
 @dataclass(frozen=True)
 class Command:
-    """A subcommand: its help line and where its ``add_arguments(parser)`` and ``run(args)`` live.
+    """A subcommand: its help line, how it declares its arguments, and what runs it (returns the exit code).
 
-    The module is imported only when its subcommand is chosen, so ``hf-foco optimizers`` never loads the
-    training stack.
+    Without ``add_arguments`` the subcommand takes the rest of the command line as it is (``train`` hands it
+    to the pretraining job's own parser); ``run`` then receives the list of strings.
     """
 
     help: str
-    module: str
-    add_arguments: str
-    run: str
+    run: Callable
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
 
-    def resolve(self, attr: str):
-        return getattr(importlib.import_module(self.module, __package__), attr)
+    def __call__(self, name: str, argv: list[str]) -> int:
+        if self.add_arguments is None:
+            return self.run(argv)
+        parser = argparse.ArgumentParser(prog=f"hf-foco {name}", description=self.help)
+        self.add_arguments(parser)
+        return self.run(parser.parse_args(argv))
 
 
-def _optimizers_args(parser: argparse.ArgumentParser) -> None:
+# -- hf-foco optimizers ------------------------------------------------------------------------------------
+
+def _optimizers_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
-def _optimizers_run(args: argparse.Namespace) -> int:
+def _state_size(bytes_per_param: float | None) -> str:
+    return "Kronecker factors (per layer, not per parameter)" if bytes_per_param is None else \
+        f"{bytes_per_param:g} B/param"
+
+
+def _optimizers(args: argparse.Namespace) -> int:
     from .optim import list_optimizers
 
     rows = [
@@ -56,42 +72,205 @@ def _optimizers_run(args: argparse.Namespace) -> int:
     for row in rows:
         flags = [f for f in ("needs_half_batch_grads", "needs_layer_hooks", "supports_sharded_params") if row[f]]
         defaults = ", ".join(f"{k}={v}" for k, v in row["defaults"].items())
-        print(f"{row['name']:<8} {row['class']}  state {row['state_bytes_per_param']} B/param")
+        print(f"{row['name']:<8} {row['class']}  state: {_state_size(row['state_bytes_per_param'])}")
         print(f"         defaults: {defaults}")
         print(f"         capabilities: {', '.join(flags) or '-'}")
         print(f"         {row['description']}  [{row['paper']}]")
     return 0
 
 
+# -- hf-foco train -----------------------------------------------------------------------------------------
+
+def known_recipes() -> list[str]:
+    """The training recipes under ./recipes (studies and accelerate configs are not recipes)."""
+    skip = {"studies", "accelerate_configs"}
+    return sorted(str(p) for p in RECIPES_DIR.glob("*/*.yaml") if p.parent.name not in skip)
+
+
+def _train(argv: list[str]) -> int:
+    """``RECIPE.yaml [--key value ...]`` for the pretraining job; without a recipe, an error listing them."""
+    from .pretrain import main
+    from .recipe import RECIPE_SUFFIXES
+
+    if argv[:1] in (["-h"], ["--help"]) or (argv and argv[0].endswith(RECIPE_SUFFIXES)):
+        return main(argv)
+    recipes = known_recipes()
+    listing = (f" Recipes in {RECIPES_DIR}/: {', '.join(recipes)}." if recipes else
+               " The repository's recipes/ folder holds examples (run from the repository root to list them).")
+    raise SystemExit(f"hf-foco train: error: name a recipe first, e.g. `hf-foco train recipes/gpt2-nano/foco.yaml "
+                     f"[--key value ...]`.{listing}")
+
+
+# -- hf-foco push ------------------------------------------------------------------------------------------
+
+def _push_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("output_dir", help="output directory of a finished run")
+    parser.add_argument("--repo-id", required=True, help="Hub repository, USER/NAME")
+    parser.add_argument("--private", action="store_true", help="create the repository private")
+    parser.add_argument("--revision", default=None, help="branch to push to")
+    parser.add_argument("--token", default=None, help="Hub token (default: the logged-in one)")
+    parser.add_argument("--dataset-info", type=json.loads, default=None,
+                        help="JSON dict describing the training data, shown in the card")
+
+
+def _push(args: argparse.Namespace) -> int:
+    from .artifacts.push import PushError, push_run
+
+    try:
+        commit = push_run(args.output_dir, args.repo_id, token=args.token, private=args.private or None,
+                          revision=args.revision, dataset_info=args.dataset_info)
+    except (PushError, FileNotFoundError) as err:
+        print(f"hf-foco push: error: {err}", file=sys.stderr)
+        return 1
+    print(f"Pushed {args.output_dir} to {getattr(commit, 'commit_url', args.repo_id)}")
+    return 0
+
+
+# -- hf-foco compare ---------------------------------------------------------------------------------------
+
+def _compare_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("study", help="study YAML file (see hf_foco/compare/study.py for the format)")
+    parser.add_argument("--output_dir", help="where runs and the report go (default: the study's output_dir, "
+                        "else runs/studies/<name>)")
+    parser.add_argument("--launcher", help="command that trains one run from `RECIPE --key value ...` "
+                        "(default: python -m hf_foco.cli train; e.g. 'accelerate launch -m hf_foco.cli train')")
+    parser.add_argument("--retry_failed", action="store_true", help="rerun failed runs (finished runs are "
+                        "always skipped)")
+    parser.add_argument("--report_only", action="store_true", help="write the report from the runs done so far")
+    parser.add_argument("--dry_run", action="store_true", help="print each run's command and status; run nothing")
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from .compare.report import report_study
+    from .compare.runner import DEFAULT_LAUNCHER, read_marker, run_study
+    from .compare.study import Study
+
+    launcher = shlex.split(args.launcher) if args.launcher else list(DEFAULT_LAUNCHER)
+    try:
+        study = Study.from_yaml(args.study, args.output_dir)
+        # Before real runs only: the check is about this host too (bf16 recipes fail on a CPU), and a
+        # custom launcher may take other keys.
+        if not (args.dry_run or args.report_only) and launcher == list(DEFAULT_LAUNCHER):
+            study.check_runs()
+    except ValueError as err:
+        print(f"hf-foco compare: {err}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        for spec in study.runs():
+            status = (read_marker(spec) or {}).get("status", "pending")
+            print(f"[{status}] {shlex.join([*launcher, *spec.argv()])}")
+        return 0
+    if not args.report_only:
+        run_study(study, launcher, retry_failed=args.retry_failed)
+    report_study(study)
+    print(f"Report: {study.output_dir / 'report.md'}")
+    return 0
+
+
+# -- hf-foco valley ----------------------------------------------------------------------------------------
+
+def _valley_arguments(parser: argparse.ArgumentParser) -> None:
+    import os
+
+    from .valley import GRIDS, SPOT_OPTIMIZERS, TOY_OPTIMIZERS
+
+    parser.add_argument("--preset", choices=sorted(GRIDS), default="default",
+                        help="grid resolution. spec: the paper's 100 sigma x 96 (a or omega) x 20 lr x "
+                             "50 replicates x 1000 steps (4x the default's work). default: 61 sigma "
+                             "(step 0.05) x 49 a (12 per decade) / 51 omega (step 0.01) x the spec's 20 "
+                             "lr x 40 replicates x 1000 steps: 3 optimizers and both panels take ~7 "
+                             "CPU-minutes (~4 min on 2 free cores; ~13 min on 2 cores shared at load 8). "
+                             "quick: a smoke test. The --n-* flags override single axes.")
+    for flag, help_ in (("--n-sigma", "sigma points in [0, 3]"), ("--n-a", "sharpness points in [0.1, 1000]"),
+                        ("--n-omega", "weight-decay points in [0, 0.5]"),
+                        ("--n-lr", "lr points in [1e-3, 1]"), ("--replicates", "replicates per cell"),
+                        ("--steps", "steps per run")):
+        parser.add_argument(flag, type=int, default=None, help=help_ + " (overrides --preset)")
+    parser.add_argument("--panels", nargs="+", choices=("a", "omega"), default=["a", "omega"],
+                        help="a: Fig. 2a, winner per (sigma, a) at omega = 0.1; omega: Fig. 2b, winner per "
+                             "(sigma, omega) at a = 10")
+    parser.add_argument("--optimizers", nargs="+", choices=sorted(TOY_OPTIMIZERS),
+                        default=list(SPOT_OPTIMIZERS), help="toy optimizers to compare (see hf_foco.valley.toys; "
+                        "focus-toy is the spec's toy FOCUS, focus the package's)")
+    parser.add_argument("--out-dir", type=Path, default=Path("valley_out"), help="where the CSV and PNGs go")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=os.cpu_count(),
+                        help="single-threaded worker processes (default: one per CPU core)")
+    parser.add_argument("--spot-check", action="store_true",
+                        help="only run the spec's table cells (with the chosen lr/replicates/steps) and "
+                             "print them beside the spec's values")
+
+
+def _valley(args: argparse.Namespace) -> int:
+    import torch
+
+    from .valley import (
+        GRIDS,
+        SPEC_SPOT_VALUES,
+        best_over_lr,
+        make_cells,
+        make_panel,
+        plot_winner_map,
+        spot_check_lines,
+        summary_rows,
+        sweep,
+        write_csv,
+    )
+
+    n_sigma, n_a, n_omega, n_lr, reps, steps = (
+        preset if override is None else override for override, preset in zip(
+            (args.n_sigma, args.n_a, args.n_omega, args.n_lr, args.replicates, args.steps),
+            GRIDS["spec" if args.spot_check else args.preset], strict=True))
+    if min(n_lr, steps, args.workers) < 1 or reps < 2:
+        raise SystemExit(f"--n-lr, --steps and --workers must be >= 1 and --replicates >= 2 (for a stderr); "
+                         f"got {n_lr}, {steps}, {args.workers}, {reps}")
+    lrs = torch.logspace(-3, 0, n_lr, dtype=torch.float64).tolist()
+    run = dict(replicates=reps, steps=steps, seed=args.seed, workers=args.workers)
+    if args.spot_check:
+        cells = make_cells(*zip(*SPEC_SPOT_VALUES, strict=True))
+        print("\n".join(spot_check_lines(best_over_lr(sweep(cells, args.optimizers, lrs, **run), lrs))))
+        return 0
+    rows = []
+    for y in args.panels:
+        panel = make_panel(y, n_sigma, n_a if y == "a" else n_omega)
+        start = time.perf_counter()
+        best = best_over_lr(sweep(panel.cells(), args.optimizers, lrs, progress=True, **run), lrs)
+        elapsed = time.perf_counter() - start
+        plot_winner_map(panel, best, args.out_dir / f"valley_sigma_{y}.png",
+                        f"winner: best-of-{n_lr}-lr mean final loss, {reps} replicates x {steps} steps")
+        rows += summary_rows(panel, best)
+        print(f"sigma x {y}: {len(panel.sigmas)} x {len(panel.ys)} cells, {n_lr} lr, {reps} replicates, "
+              f"{steps} steps, {len(args.optimizers)} optimizers: {elapsed:.0f} s")
+    write_csv(rows, args.out_dir / "valley.csv")
+    print(f"wrote valley.csv and valley_sigma_{{{','.join(args.panels)}}}.png in {args.out_dir}")
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
-    "optimizers": Command("list registered optimizers with defaults and capabilities",
-                          ".cli", "_optimizers_args", "_optimizers_run"),
-    "valley": Command("the synthetic narrowing valley (FOCUS paper Fig. 2): winner maps and a CSV",
-                      ".valley", "valley_args", "valley_run"),
+    "optimizers": Command("list registered optimizers with defaults and capabilities", _optimizers,
+                          _optimizers_arguments),
+    "train": Command("pretrain GPT-2 from a recipe: hf-foco train RECIPE.yaml [--key value ...] (as "
+                     "scripts/run_pretrain.py)", _train),
     "compare": Command("run an optimizer study (recipes x optimizers x LRs x seeds) and write its report",
-                       ".compare.command", "add_arguments", "run"),
+                       _compare, _compare_arguments),
+    "valley": Command("the synthetic narrowing valley (FOCUS paper Fig. 2): winner maps and a CSV", _valley,
+                      _valley_arguments),
     "push": Command("upload a finished run (weights, tokenizer, card, loss curve, stability.json) to the Hub",
-                    ".trainer.push", "add_arguments", "run"),
-    "train": Command("pretrain GPT-2 from a recipe (same as scripts/run_pretrain.py RECIPE.yaml [--key value ...])",
-                     ".pretrain", "train_args", "train_run"),
+                    _push, _push_arguments),
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    chosen = next((a for a in argv if not a.startswith("-")), None)
-    parser = argparse.ArgumentParser(prog="hf-foco", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, command in COMMANDS.items():
-        sub_parser = sub.add_parser(name, help=command.help, description=command.help)
-        if name == chosen:
-            command.resolve(command.add_arguments)(sub_parser)
-    args, extra = parser.parse_known_args(argv)
-    if extra and not getattr(args, "accepts_extra", False):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    args.extra = extra
-    command = COMMANDS[args.command]
-    return command.resolve(command.run)(args) or 0
+    commands = "\n".join(f"  {name:<11} {command.help}" for name, command in COMMANDS.items())
+    parser = argparse.ArgumentParser(
+        prog="hf-foco", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="FOCUS, foco, FOP and sign-based optimizers for GPT-style pretraining with Hugging Face tools.",
+        epilog=f"commands:\n{commands}\n\n`hf-foco COMMAND --help` shows a command's options.")
+    parser.add_argument("command", choices=COMMANDS, metavar="COMMAND", help="one of the commands below")
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        parser.parse_args(argv[:1])  # prints the help, or the error naming the choices
+    return COMMANDS[argv[0]](argv[0], argv[1:]) or 0
 
 
 if __name__ == "__main__":

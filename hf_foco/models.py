@@ -1,16 +1,20 @@
-"""GPT-2 model presets: a name picks a size, from CPU-minutes smoke runs to the paper's 124M/350M models.
+"""Which model to pretrain: ``ModelArguments``, GPT-2 presets, and the checked config a run builds.
 
-Presets are plain ``GPT2Config`` keyword dicts so that benchmarks, recipes and tests build the very same
-models from a name, offline (no ``from_pretrained`` download). Dropout is off in every preset, as in
-nanoGPT's pretraining runs: with a single pass over the data it only slows learning.
+A preset name picks a size, from CPU-minutes smoke runs to the paper's 124M/350M models. Presets are plain
+``GPT2Config`` keyword dicts so that benchmarks, recipes and tests build the very same models from a name,
+offline (no ``from_pretrained`` download). Dropout is off in every preset, as in nanoGPT's pretraining runs:
+with a single pass over the data it only slows learning.
 """
 
 from __future__ import annotations
 
-import difflib
+from dataclasses import dataclass, field
 from typing import Any
 
+import yaml
 from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, PretrainedConfig, PreTrainedModel
+
+from .hints import did_you_mean, parse_key_values, unknown_names
 
 _NO_DROPOUT = dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
 
@@ -28,6 +32,21 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+@dataclass
+class ModelArguments:
+    """Which model to pretrain."""
+
+    model: str = field(default="gpt2-nano", metadata={
+        "help": f"A GPT-2 preset: {', '.join(PRESETS)}. Ignored when --config_name or --model_name_or_path is set."})
+    config_name: str | None = field(default=None, metadata={
+        "help": "A config (local directory, or a Hub name in the local cache) to initialise a fresh model from."})
+    model_name_or_path: str | None = field(default=None, metadata={
+        "help": "A checkpoint to continue pretraining from (offline: a local directory or cached name)."})
+    config_overrides: str | None = field(default=None, metadata={
+        "help": "Config fields to override, e.g. 'n_layer=2,n_embd=64' (fresh models only)."})
+
+
+
 def is_preset(name: str | None) -> bool:
     return name in PRESETS
 
@@ -38,10 +57,8 @@ def preset_config(name: str, **overrides) -> GPT2Config:
     An unknown name fails listing the presets and the closest one.
     """
     if name not in PRESETS:
-        close = difflib.get_close_matches(name, list(PRESETS), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"Unknown GPT-2 preset {name!r}.{hint} Presets: {', '.join(PRESETS)}; or pass "
-                         "--config_name / --model_name_or_path with a local config or checkpoint.")
+        raise ValueError(f"Unknown GPT-2 preset {name!r}.{did_you_mean(name, PRESETS)} Presets: {', '.join(PRESETS)}; "
+                         "or pass --config_name / --model_name_or_path with a local config or checkpoint.")
     return GPT2Config(**{**PRESETS[name], **overrides})
 
 
@@ -66,6 +83,33 @@ def build_model(config_or_name: PretrainedConfig | str, seed: int | None = None,
     return AutoModelForCausalLM.from_config(config)
 
 
-def count_parameters(model: PreTrainedModel, exclude_embeddings: bool = False) -> int:
-    """Parameter count with tied weights counted once (``exclude_embeddings`` drops token+position tables)."""
-    return model.num_parameters(exclude_embeddings=exclude_embeddings)
+def _parse_overrides(text: str | None) -> dict[str, Any]:
+    """``--config_overrides "n_layer=2,n_embd=64"`` with each value read as YAML (numbers, booleans, null)."""
+    pairs = parse_key_values(text, "--config_overrides", "n_layer=2,n_embd=64")
+    return {key: yaml.safe_load(value) for key, value in pairs.items()}
+
+
+def positions(config: PretrainedConfig) -> int | None:
+    """The longest sequence the model's position embedding serves, if it has one."""
+    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+
+
+def model_config(model_args: ModelArguments, block_size: int) -> PretrainedConfig:
+    """The config to build, checked before any data is touched: override keys the config does not have (a
+    typo would be silently stored and ignored) and a block size beyond the model's positions fail here."""
+    overrides = _parse_overrides(model_args.config_overrides)
+    if model_args.model_name_or_path and overrides:
+        raise ValueError("--config_overrides applies to fresh models only, not to --model_name_or_path.")
+    name = model_args.model_name_or_path or model_args.config_name
+    config = build_config(name) if name else preset_config(model_args.model)
+    known = config.to_dict()
+    unknown = set(overrides) - set(known)
+    if unknown:
+        raise ValueError(f"--config_overrides: {config.model_type} configs have no {unknown_names(unknown, known)}; "
+                         f"fix the key(s) (e.g. n_layer, n_embd, n_head, n_positions).")
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    if positions(config) is not None and block_size > positions(config):
+        raise ValueError(f"--block_size {block_size} exceeds the model's {positions(config)} positions: lower "
+                         f"--block_size or raise them (e.g. --config_overrides n_positions={block_size}).")
+    return config

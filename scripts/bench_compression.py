@@ -48,8 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def load_blocks(args) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(train blocks for every step and rank, eval blocks, vocabulary size) from hf_foco's data pipeline."""
-    from hf_foco.data import prepare_lm_data
-    from hf_foco.pretrain import DataArguments
+    from hf_foco.data import DataArguments, prepare_lm_data
 
     data = prepare_lm_data(DataArguments(block_size=args.block_size, max_eval_blocks=args.eval_blocks))
     needed = args.steps * WORLD * args.batch_size

@@ -17,7 +17,7 @@ import time
 import torch
 
 from hf_foco.models import build_model
-from hf_foco.optim import FOCUS, Foco, Lion, Signum
+from hf_foco.optim import FOCUS, FOCUS16bit, Lion, Signum
 
 
 def candidates(device: str) -> dict:
@@ -25,8 +25,8 @@ def candidates(device: str) -> dict:
     table = {
         "adamw (foreach)": lambda ps: torch.optim.AdamW(ps, lr=6e-4, weight_decay=0.1, foreach=True),
         "adamw (fused)": lambda ps: torch.optim.AdamW(ps, lr=6e-4, weight_decay=0.1, fused=True),
-        "foco (foreach)": lambda ps: Foco(ps, lr=6e-4, gamma=0.2, weight_decay=0.2, foreach=True),
-        "foco (fused, torch.compile)": lambda ps: Foco(ps, lr=6e-4, gamma=0.2, weight_decay=0.2, fused=True),
+        "foco (foreach)": lambda ps: FOCUS16bit(ps, lr=6e-4, gamma=0.2, weight_decay=0.2, foreach=True),
+        "foco (fused, torch.compile)": lambda ps: FOCUS16bit(ps, lr=6e-4, gamma=0.2, weight_decay=0.2, fused=True),
         "focus (foreach)": lambda ps: FOCUS(ps, lr=6e-4, gamma=0.2, weight_decay=0.2, foreach=True),
         "signum (foreach)": lambda ps: Signum(ps, lr=1e-4, weight_decay=0.1, foreach=True),
         "lion (foreach)": lambda ps: Lion(ps, lr=1e-4, weight_decay=0.5, foreach=True),

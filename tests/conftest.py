@@ -4,11 +4,10 @@ import os
 import shutil
 
 import pytest
-from pretrain_utils import REPO
+from helpers import REPO
 
-from hf_foco.data import prepare_lm_data, stdlib_files
+from hf_foco.data import DataArguments, prepare_lm_data, stdlib_files
 from hf_foco.data.corpus import stdlib_root
-from hf_foco.pretrain import DataArguments
 
 
 @pytest.fixture(scope="module")

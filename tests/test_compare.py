@@ -17,12 +17,11 @@ from hf_foco.compare.analysis import (
     RunLog,
     divergence_reason,
     nan_guard_skips,
-    spike_indices,
     steps_to_target,
     summarize,
 )
-from hf_foco.compare.sharpness import top_hessian_eigenvalue
 from hf_foco.compare.study import Study
+from hf_foco.trainer.sharpness import top_hessian_eigenvalue
 
 
 def history(train: dict[int, float], evals: dict[int, float] | None = None) -> list[dict]:
@@ -58,28 +57,7 @@ def test_crash_nan_and_late_rise_are_divergence_but_an_early_recovered_spike_is_
     assert divergence_reason(run(train=early), late_fraction=0.8) is not None
 
 
-# -- spikes ---------------------------------------------------------------------------------------------
-
-def test_spike_threshold_matches_hand_computed_z_scores():
-    # 16 alternating points 2.0/2.1: mean 2.05, sample std sqrt(16 * 0.05**2 / 15) = 0.05164.
-    base = [2.0, 2.1] * 8
-    std = math.sqrt(16 * 0.05**2 / 15)
-    below, above = 2.05 + 2.99 * std, 2.05 + 3.01 * std
-    assert spike_indices(base + [below], window=16, threshold=3.0) == []
-    assert spike_indices(base + [above], window=16, threshold=3.0) == [16]
-    assert spike_indices(base + [above], window=16, threshold=3.1) == []
-
-
-def test_spikes_stay_out_of_the_window_and_need_enough_history():
-    base = [2.0, 2.1] * 8
-    # Two spikes in a row: the first does not inflate the window, so the second is caught too.
-    assert spike_indices(base + [9.0, 9.0, 2.0], window=16) == [16, 17]
-    # NaN is skipped, not a spike, and does not poison the window.
-    assert spike_indices(base + [math.nan, 9.0], window=16) == [17]
-    # Fewer than window // 2 points before it: no verdict.
-    assert spike_indices([2.0, 2.1, 2.0, 9.0], window=16) == []
-    assert spike_indices([2.0, 2.1] * 4 + [9.0], window=16) == [8]
-
+# -- stability summaries ---------------------------------------------------------------------------------
 
 def test_nan_guard_skips_read_from_the_monitor_summary():
     assert nan_guard_skips({"num_skipped_steps": 3, "skipped_steps": [4, 5, 9]}) == 3
@@ -249,6 +227,7 @@ def test_power_iteration_finds_the_top_eigenvalue_of_a_known_hessian(eigenvalues
 
 # -- a two-run study, end to end, with the real pretraining pipeline in subprocesses -------------------------------
 
+@pytest.mark.slow
 def test_two_run_study_end_to_end_with_resume(tmp_path, monkeypatch):
     from hf_foco.cli import main as cli
     from hf_foco.compare.runner import execute, run_study

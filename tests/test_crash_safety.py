@@ -12,9 +12,8 @@ import sys
 
 import pytest
 import torch
-from pretrain_utils import REPO, short_args
+from helpers import REPO, common_args, short_args, text_dataset, tiny_gpt2
 from safetensors.torch import load_file
-from trainer_utils import common_args, text_dataset, tiny_gpt2
 from transformers.trainer_utils import get_last_checkpoint
 
 from hf_foco.trainer import FocoTrainer, FocoTrainingArguments
@@ -68,6 +67,7 @@ def _finish(proc):
     return proc.returncode, log, [int(step) for step in re.findall(r"STEP (\d+)\n", log)]
 
 
+@pytest.mark.slow
 def test_sigkilled_runs_resume_from_the_latest_complete_checkpoint_and_end_identical(workspace, tmp_path):
     """Killed after step 10: the rerun resumes from checkpoint-8. Killed while writing checkpoint-8: the rerun
     skips it and resumes from checkpoint-4. Both end with the uninterrupted run's weights, bit for bit."""

@@ -1,6 +1,6 @@
 """Every registry optimizer under real 2-process gloo DDP on CPU, through FocoTrainer, against one process.
 
-One ``accelerate launch`` (recipes/accelerate_configs/cpu_ddp.yaml) of tests/ddp_run.py trains every case for
+One ``accelerate launch`` (recipes/accelerate_configs/cpu_ddp.yaml) of this file as a script trains every case for
 STEPS steps on 2 ranks of PER_RANK examples each; this process trains the same cases alone with the same
 global batch (PER_RANK x 2). Checked per case: both ranks end with bit-identical parameters, and the loss
 curve and the parameters equal the 1-process run's within fp32 rounding.
@@ -14,7 +14,7 @@ What is equal, and why:
   ulp at a loss of 4.7), parameters within 1.2e-6 (AdamW; the sign-based optimizers end bit-identical).
   TOLERANCE (1e-5) is 10x that, and 1/20000 of what the loss falls over the run.
 * FOP splits each rank's micro-batch in two, so its first half-batch is rows {0, 1, 4, 5}: the 1-process
-  run lays its batch out the same way (``ddp_run.ranks_halves_first``). In natural order its halves differ
+  run lays its batch out the same way (``ranks_halves_first``). In natural order its halves differ
   and the runs drift 4e-3 apart in the loss.
 * K-FAC factors come from labels sampled from the model. Each rank samples its own rows from the same seeded
   stream, so rank 1's rows get the random numbers one process spends on rows 0-3: the factors averaged over
@@ -25,17 +25,61 @@ What is equal, and why:
   0.27).
 """
 
+import contextlib
 import os
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
-from ddp_run import CASES, STEPS, WORLD, train
-from pretrain_utils import REPO
+from helpers import REPO, common_args, text_dataset, tiny_gpt2
+from transformers import default_data_collator
+
+from hf_foco.optim import list_optimizers
+from hf_foco.optim.kfac import curvature
+from hf_foco.trainer import FocoTrainer, FocoTrainingArguments
 
 TOLERANCE, SAMPLED_TOLERANCE = 1e-5, 0.05
+WORLD, PER_RANK, STEPS = 2, 4, 8
+KRONECKER = [s.name for s in list_optimizers() if s.needs_layer_hooks]
+# case -> (registry name, whether K-FAC labels are each position's most likely token instead of a sample).
+# Sampled labels are the one rank-local randomness: with them the ranks' averaged factors stay identical but
+# differ from one process's (rank 1 draws the random numbers one process spends on rows 0-3, for rows 4-7).
+CASES = {s.name: (s.name, s.needs_layer_hooks) for s in list_optimizers()}
+CASES |= {f"{name}_sampled": (name, False) for name in KRONECKER}
+# Rank r holds global rows r*PER_RANK ... ; FOP's first half-batch is the first half of every rank's rows.
+ORDER = [r * PER_RANK + i for half in (range(PER_RANK // 2), range(PER_RANK // 2, PER_RANK))
+         for r in range(WORLD) for i in half]
+
+
+def ranks_halves_first(features: list[dict]) -> dict[str, torch.Tensor]:
+    """One process's collator: the global batch ordered as DDP's FOP halves (all ranks' first halves, then
+    their second halves), so both split it alike. Every other optimizer only sees the mean over the batch."""
+    return default_data_collator([features[i] for i in ORDER])
+
+
+def most_likely(weights: torch.Tensor, generator=None) -> torch.Tensor:
+    """Stands in for curvature._sample_rows: each row's mode, which depends on the row only, not on its rank."""
+    return weights.argmax(-1)
+
+
+def train(case: str, output_dir, world_size: int) -> dict:
+    """Train ``case`` for STEPS steps; returns the final parameters and the logged loss of every step."""
+    optim, mode_labels = CASES[case]
+    hooks = optim in KRONECKER
+    args = FocoTrainingArguments(**common_args(
+        output_dir, optim=optim, learning_rate=None if hooks else 3e-3, max_steps=STEPS,
+        per_device_train_batch_size=PER_RANK if world_size > 1 else PER_RANK * WORLD))
+    assert args.world_size == world_size, "not one DDP group: each rank trained alone"
+    model = tiny_gpt2()  # no dropout, whose masks would be drawn per rank
+    trainer = FocoTrainer(model=model, args=args, train_dataset=text_dataset(PER_RANK * WORLD * STEPS),
+                          data_collator=default_data_collator if world_size > 1 else ranks_halves_first)
+    with mock.patch.object(curvature, "_sample_rows", most_likely) if mode_labels else contextlib.nullcontext():
+        trainer.train()
+    return {"params": {k: v.detach().clone() for k, v in model.state_dict().items()},
+            "losses": [e["loss"] for e in trainer.state.log_history if "loss" in e]}
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +89,7 @@ def runs(tmp_path_factory):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     launch = subprocess.Popen(
         [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-         str(REPO / "recipes" / "accelerate_configs" / "cpu_ddp.yaml"), str(Path(__file__).with_name("ddp_run.py")),
+         str(REPO / "recipes" / "accelerate_configs" / "cpu_ddp.yaml"), __file__,
          str(root / "ddp")], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         torch.set_num_threads(1)
@@ -80,3 +124,12 @@ def test_loss_curve_matches_one_process_with_the_same_global_batch(runs, case):
     assert ddp["losses"] == pytest.approx(alone["losses"], abs=TOLERANCE, rel=0)
     for name, value in alone["params"].items():
         torch.testing.assert_close(ddp["params"][name], value, rtol=0, atol=TOLERANCE, msg=name)
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    out, world = Path(sys.argv[1]), int(os.environ["WORLD_SIZE"])
+    for name in CASES:
+        result = train(name, out / name, world)
+        (out / name).mkdir(parents=True, exist_ok=True)
+        torch.save(result, out / name / f"rank{os.environ['RANK']}.pt")

@@ -1,16 +1,14 @@
-"""FOP: the projection against a dense Fisher, β* = 0 is K-FAC, accumulation, DDP, FocoTrainer and resume."""
-
-import contextlib
+"""FOP: the projection against a dense Fisher, β* = 0 is K-FAC, FocoTrainer's half-batch step (odd batches,
+accumulation), FocoTrainer runs and resume. (FOP under real DDP: tests/test_ddp.py.)"""
 
 import pytest
 import torch
-import torch.multiprocessing as mp
-from kfac_testing import Classifier, StubTrainer, tiny_gpt2
+from helpers import Classifier, common_args, kronecker_step, text_dataset, tiny_gpt2, token_batches
 from torch import nn
 
 from hf_foco.optim import FOP, KFAC, create_optimizer, param_groups
-from hf_foco.optim.fop import fisher_orthogonal_component
-from hf_foco.optim.kfac import sample_fisher_factors
+from hf_foco.optim.kfac import curvature, fisher_orthogonal_component
+from hf_foco.trainer import FocoTrainer, FocoTrainingArguments, unwrap_optimizer
 
 
 def _vec(weight, bias):
@@ -25,11 +23,10 @@ def test_projection_and_update_match_a_dense_fisher():
     lr, damping = 0.5, 0.05
     optimizer = FOP(model.parameters(), model=model, lr=lr, damping=damping, beta_max=10.0, eta_max=10.0)
     before = [p.detach().clone() for p in model.parameters()]
-    optimizer.training_step(StubTrainer(), model, {"x": x, "labels": labels})
     params = list(model.parameters())
     g1 = torch.autograd.grad(model(x[:4], labels[:4]).loss, params)
     g2 = torch.autograd.grad(model(x[4:], labels[4:]).loss, params)
-    optimizer.step()
+    kronecker_step(optimizer, model, {"x": x, "labels": labels})
 
     for index, layer in enumerate(optimizer.layers):
         w, b = 2 * index, 2 * index + 1  # parameter positions of this layer
@@ -64,7 +61,7 @@ def test_projection_and_update_match_a_dense_fisher():
 
 
 def test_gradient_clipping_scales_the_fop_step():
-    """The Trainer clips p.grad (= g_avg) only, not the stashed halves; the step must shrink alike."""
+    """The Trainer clips p.grad (= g_avg) only, not the half-batch difference; the step must shrink alike."""
     x, labels = torch.randn(8, 3), torch.randint(0, 3, (8,))
     moves = []
     for scale in (1.0, 0.25):
@@ -72,7 +69,12 @@ def test_gradient_clipping_scales_the_fop_step():
         model = Classifier(nn.Linear, sizes=(3, 4, 3))  # both layers are K-FAC layers
         optimizer = FOP(model.parameters(), model=model, lr=0.5, damping=0.05, beta_max=10.0, eta_max=10.0)
         before = [p.detach().clone() for p in model.parameters()]
-        optimizer.training_step(StubTrainer(), model, {"x": x, "labels": labels})
+        optimizer.update_curvature({"x": x})
+        model(x, labels).loss.backward()
+        params = optimizer.half_batch_params
+        g1 = torch.autograd.grad(model(x[:4], labels[:4]).loss, params)
+        g2 = torch.autograd.grad(model(x[4:], labels[4:]).loss, params)
+        optimizer.receive_half_batch_difference([a - b for a, b in zip(g1, g2)])
         torch.nn.utils.clip_grad_norm_(model.parameters(), scale * torch.nn.utils.get_total_norm(
             [p.grad for p in model.parameters()]))
         optimizer.step()
@@ -82,17 +84,9 @@ def test_gradient_clipping_scales_the_fop_step():
         torch.testing.assert_close(clipped, 0.25 * full, rtol=1e-4, atol=1e-8)
 
 
-def _train(optimizer, model, batches, trainer=None):
+def _train(optimizer, model, batches):
     for batch in batches:
-        optimizer.training_step(trainer or StubTrainer(), model, batch)
-        optimizer.step()
-        model.zero_grad()
-
-
-def _batches(count, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    ids = [torch.randint(0, 32, (4, 8), generator=generator) for _ in range(count)]
-    return [{"input_ids": i, "labels": i} for i in ids]
+        kronecker_step(optimizer, model, batch)
 
 
 def test_beta_zero_reproduces_kfac():
@@ -101,7 +95,7 @@ def test_beta_zero_reproduces_kfac():
         model = tiny_gpt2()
         optimizer = cls(param_groups(model, 0.1), model=model, lr=0.05, update_freq=2, **extra)
         torch.manual_seed(1)
-        _train(optimizer, model, _batches(3))
+        _train(optimizer, model, token_batches(3))
         results.append([p.detach().clone() for p in model.parameters()])
     start = [p.detach() for p in tiny_gpt2().parameters()]
     for kfac_p, fop_p in zip(*results):
@@ -109,47 +103,73 @@ def test_beta_zero_reproduces_kfac():
     assert max((p - p0).abs().max() for p, p0 in zip(results[0], start)) > 1e-3
 
 
-def test_gradient_accumulation_equals_one_large_batch():
-    """Two micro-batches of 4 give the halves {0,1 | 2,3} + {4,5 | 6,7}: one batch ordered 0,1,4,5,2,3,6,7."""
-    first, second = _batches(2, seed=5)
+def _fop_trainer(tmp_path, **overrides) -> FocoTrainer:
+    args = FocoTrainingArguments(**common_args(tmp_path, optim="fop", learning_rate=0.05, **overrides))
+    trainer = FocoTrainer(model=tiny_gpt2(), args=args, train_dataset=text_dataset(8))
+    trainer.create_optimizer()
+    trainer.current_gradient_accumulation_steps = args.gradient_accumulation_steps  # set by the training loop
+    return trainer
+
+
+def test_half_batch_step_of_an_odd_micro_batch(tmp_path, monkeypatch):
+    """Documented rule: halves of 1 and 2 examples, each loss weighted by its share, so p.grad is the exact
+    full-batch gradient; the optimizer receives g1 − g2 of the halves' mean losses."""
+    trainer = _fop_trainer(tmp_path)
+    model, optimizer = trainer.model, unwrap_optimizer(trainer.optimizer)
+    received = []
+    monkeypatch.setattr(optimizer, "receive_half_batch_difference", received.append)
+    ids = torch.randint(0, 32, (3, 8))
+    trainer.training_step(model, {"input_ids": ids, "labels": ids})
+    params = list(model.parameters())
+    expected = torch.autograd.grad(model(input_ids=ids, labels=ids).loss, params)
+    for p, g in zip(params, expected):
+        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-7)
+    half = optimizer.half_batch_params
+    g1 = torch.autograd.grad(model(input_ids=ids[:1], labels=ids[:1]).loss, half)
+    g2 = torch.autograd.grad(model(input_ids=ids[1:], labels=ids[1:]).loss, half)
+    for diff, a, b in zip(received[0], g1, g2, strict=True):
+        torch.testing.assert_close(diff, a - b, rtol=1e-4, atol=1e-7)
+
+
+def test_half_batch_step_accumulates_micro_batches_like_one_large_batch(tmp_path, monkeypatch):
+    """Two micro-batches of 4 give the halves {0,1 | 2,3} + {4,5 | 6,7}: one batch ordered 0,1,4,5,2,3,6,7.
+    Same gradient, same half-batch difference, same step."""
+    first, second = token_batches(2, seed=5)
     merged = {k: torch.cat([first[k][:2], second[k][:2], first[k][2:], second[k][2:]]) for k in first}
-    results = []
-    for accumulation in (1, 2):
-        model = tiny_gpt2()
-        optimizer = FOP(param_groups(model, 0.1), model=model, lr=0.05, update_freq=10)
-        torch.manual_seed(2)
-        _train(optimizer, model, [merged])  # step 0 (factor refresh) identical in both runs
-        if accumulation == 1:
-            _train(optimizer, model, [merged])
-        else:
-            trainer = StubTrainer(accumulation=2)
-            optimizer.training_step(trainer, model, first)
-            optimizer.training_step(trainer, model, second)
-            optimizer.step()
+    monkeypatch.setattr(curvature, "_sample_rows", lambda weights, generator=None: weights.argmax(-1))
+    results, differences = [], []
+    for accumulation, micro_batches in ((1, [merged]), (2, [first, second])):
+        trainer = _fop_trainer(tmp_path / str(accumulation), gradient_accumulation_steps=accumulation)
+        model, optimizer = trainer.model, unwrap_optimizer(trainer.optimizer)
+        optimizer.attach(model)
+        optimizer.update_curvature(merged)  # the same factors for both
+        trainer._curvature_step = trainer.state.global_step  # this step's curvature is done
+        receive = optimizer.receive_half_batch_difference
+        monkeypatch.setattr(optimizer, "receive_half_batch_difference",
+                            lambda diffs, receive=receive: differences.append(diffs) or receive(diffs))
+        for index, batch in enumerate(micro_batches):
+            trainer.accelerator.gradient_state._set_sync_gradients(index == len(micro_batches) - 1)
+            trainer.training_step(model, batch)
+        optimizer.step()
         results.append([p.detach().clone() for p in model.parameters()])
+    assert len(differences) == 2  # handed over once per optimizer step, at its last micro-batch
+    for one, two in zip(*differences, strict=True):
+        torch.testing.assert_close(two, one, rtol=1e-4, atol=1e-6)
     for one, two in zip(*results):
         torch.testing.assert_close(two, one, rtol=1e-5, atol=1e-6)
+    assert max((p - q).abs().max() for p, q in zip(results[0], tiny_gpt2().parameters())) > 1e-3
 
 
-def test_an_odd_micro_batch_keeps_the_full_batch_gradient():
-    """Documented rule: halves of 1 and 2 examples, each loss weighted by its share."""
-    model = tiny_gpt2()
-    optimizer = FOP(param_groups(model, 0.1), model=model)
-    ids = torch.randint(0, 32, (3, 8))
-    optimizer.training_step(StubTrainer(), model, {"input_ids": ids, "labels": ids})
-    expected = torch.autograd.grad(model(input_ids=ids, labels=ids).loss, list(model.parameters()))
-    for p, g in zip(model.parameters(), expected):
-        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-7)
-
-
-def test_bad_input_is_refused_clearly(monkeypatch):
-    model = tiny_gpt2()
-    optimizer = create_optimizer("fop", model)
+def test_bad_input_is_refused_clearly(tmp_path, monkeypatch):
+    trainer = _fop_trainer(tmp_path)
     ids = torch.randint(0, 32, (1, 8))
     with pytest.raises(ValueError, match="dataloader_drop_last"):
-        optimizer.training_step(StubTrainer(), model, {"input_ids": ids, "labels": ids})
-    model(input_ids=ids, labels=ids).loss.backward()  # a plain loop: no half-batch gradients
-    with pytest.raises(RuntimeError, match="half-batch gradients"):
+        trainer.training_step(trainer.model, {"input_ids": ids, "labels": ids})
+    model = tiny_gpt2()
+    optimizer = create_optimizer("fop", model)
+    optimizer.update_curvature({"input_ids": ids})
+    model(input_ids=ids, labels=ids).loss.backward()  # a plain loop: no half-batch difference
+    with pytest.raises(RuntimeError, match="difference of two half-batch gradients"):
         optimizer.step()
     for env, word in (("ACCELERATE_USE_DEEPSPEED", "DeepSpeed"), ("ACCELERATE_USE_FSDP", "FSDP")):
         with monkeypatch.context() as patch:
@@ -159,66 +179,31 @@ def test_bad_input_is_refused_clearly(monkeypatch):
 
 
 def test_non_finite_steps_leave_the_optimizer_untouched():
-    """What the stability guard relies on: bad factors are discarded, skip_step() makes step() a no-op."""
+    """What the stability guard relies on: without p.grad, step() changes nothing (and drops the difference
+    it was handed); factors from a diverged model are discarded."""
     model = tiny_gpt2()
     optimizer = FOP(param_groups(model, 0.1), model=model, lr=0.05, update_freq=1)
-    good, bad = _batches(2, seed=3)
+    good, bad = token_batches(2, seed=3)
     _train(optimizer, model, [good])
     weights = [p.detach().clone() for p in model.parameters()]
-    optimizer.training_step(StubTrainer(), model, good)
+    state = {k: v.clone() for k, v in optimizer.state[optimizer.layers[0].weight].items()}
+    model(**good).loss.backward()
+    optimizer.receive_half_batch_difference([torch.ones_like(p) for p in optimizer.half_batch_params])
     for p in model.parameters():  # the guard found non-finite gradients and dropped them
         p.grad = None
-    optimizer.skip_step()
     optimizer.step()
     for p, before in zip(model.parameters(), weights):
         assert torch.equal(p, before)
+    assert all(torch.equal(v, optimizer.state[optimizer.layers[0].weight][k]) for k, v in state.items())
+    model(**good).loss.backward()  # the next plain step must ask for a fresh difference
+    with pytest.raises(RuntimeError, match="half-batch"):
+        optimizer.step()
     factors = {k: optimizer.state[optimizer.layers[0].weight][k].clone() for k in ("A", "G_inv")}
     with torch.no_grad():
         model.transformer.wte.weight[bad["input_ids"][0, 0]] = float("nan")
     optimizer.update_curvature(bad)
     for key, value in factors.items():
         assert torch.equal(optimizer.state[optimizer.layers[0].weight][key], value)
-
-
-def _ddp_train(rank) -> dict:
-    """Two accumulated FOP steps on this rank's data. The DDP wrapper is freed when this returns, while
-    the process group is still alive: freeing its reducer after destroy_process_group can deadlock gloo's
-    teardown (the reducer's last reference to the group then runs the group's destructor under the GIL)."""
-    model = tiny_gpt2()
-    ddp = nn.parallel.DistributedDataParallel(model)
-    optimizer = FOP(param_groups(model, 0.1), model=model, lr=0.05, update_freq=1)
-    optimizer.attach(ddp)
-    batches = _batches(5, seed=10 + rank)  # each rank sees its own data and samples its own labels
-    torch.manual_seed(rank)
-    local_a = sample_fisher_factors(model, optimizer.layers, batches[0])[optimizer.layers[0].name][0]
-    trainer = StubTrainer(accumulation=2)
-    for step in range(2):
-        for micro in range(2):
-            with ddp.no_sync() if micro == 0 else contextlib.nullcontext():
-                optimizer.training_step(trainer, ddp, batches[1 + 2 * step + micro])
-        optimizer.step()
-        ddp.zero_grad()
-    return {"params": torch.cat([p.detach().reshape(-1) for p in model.parameters()]),
-            "A": optimizer.state[optimizer.layers[0].weight]["A"].clone(), "local_A": local_a}
-
-
-def _ddp_worker(rank, world, init_file, out_dir):
-    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        torch.save(_ddp_train(rank), f"{out_dir}/rank{rank}.pt")
-        torch.distributed.barrier()  # no rank tears gloo down while another still talks to it
-    finally:
-        torch.distributed.destroy_process_group()
-
-
-def test_ddp_ranks_stay_identical(tmp_path):
-    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
-    rank0, rank1 = (torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in (0, 1))
-    assert not torch.allclose(rank0["local_A"], rank1["local_A"])  # the ranks' own curvature differs...
-    torch.testing.assert_close(rank0["A"], rank1["A"], rtol=0, atol=0)  # ...the averaged factors do not
-    torch.testing.assert_close(rank0["params"], rank1["params"], rtol=0, atol=0)
-    start = torch.cat([p.detach().reshape(-1) for p in tiny_gpt2().parameters()])
-    assert (rank0["params"] - start).abs().max() > 1e-3
 
 
 def _patterned_dataset(count=64, length=16, vocab=128):
@@ -235,7 +220,6 @@ def _patterned_dataset(count=64, length=16, vocab=128):
 def _nano_trainer(optim, output_dir, max_steps, **overrides):
     """gpt2-nano's architecture, shrunk (2 layers, width 64) to keep the test within seconds."""
     from hf_foco.models import build_model
-    from hf_foco.trainer import FocoTrainer, FocoTrainingArguments
 
     data = _patterned_dataset()
     settings = dict(output_dir=str(output_dir), optim=optim, learning_rate=3e-3, optim_kwargs={"adamw_lr": 3e-3},
@@ -265,4 +249,3 @@ def test_resume_from_checkpoint_is_exact(tmp_path):
     resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-3"))
     for (name, p), q in zip(full.model.named_parameters(), resumed.model.parameters()):
         assert torch.equal(p, q), name
-

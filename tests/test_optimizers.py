@@ -9,7 +9,7 @@ from fractions import Fraction
 import pytest
 import torch
 
-from hf_foco.optim import FOCUS, Foco, Lion, Signum
+from hf_foco.optim import FOCUS, FOCUS16bit, Lion, Signum
 from hf_foco.optim import base as optim_base
 
 STEPS, SIZE = 25, 12
@@ -111,7 +111,7 @@ def test_lion_matches_reference(foreach, wd):
 def test_foco_matches_focus_reference_in_exact_arithmetic_terms(foreach):
     """foco tracks theta_hat - theta instead of the EMA: same rule, so it follows the exact reference
     up to its 16-bit state rounding (a sign of m flips only when m is within bf16 rounding of 0)."""
-    got = _run(Foco, THETA0, lr=0.01, betas=(0.9, 0.95), gamma=0.2, weight_decay=0.3, foreach=foreach)
+    got = _run(FOCUS16bit, THETA0, lr=0.01, betas=(0.9, 0.95), gamma=0.2, weight_decay=0.3, foreach=foreach)
     want = _focus_reference(THETA0, 0.01, 0.9, 0.95, 0.2, 0.3, "official")
     assert got == pytest.approx(want, abs=1e-4)
 
@@ -122,7 +122,7 @@ def test_gamma_zero_is_signum():
     assert focus == signum
 
 
-@pytest.mark.parametrize("cls", [FOCUS, Foco])
+@pytest.mark.parametrize("cls", [FOCUS, FOCUS16bit])
 def test_first_step_is_minus_lr_sign_grad_minus_decay(cls):
     theta = torch.randn(1000)
     g = torch.randn(1000)
@@ -147,7 +147,7 @@ def test_signum_momentum_accumulates_across_steps():
     assert p.item() == pytest.approx(-2.0)
 
 
-@pytest.mark.parametrize("cls, chunk", [(FOCUS, None), (FOCUS, 8), (Foco, None), (Foco, 8), (Signum, None),
+@pytest.mark.parametrize("cls, chunk", [(FOCUS, None), (FOCUS, 8), (FOCUS16bit, None), (FOCUS16bit, 8), (Signum, None),
                                         (Lion, None)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_multi_tensor_equals_single_tensor(cls, chunk, dtype, monkeypatch):
@@ -196,7 +196,7 @@ def test_foco_follows_focus_on_an_mlp():
     model, x, y = _mlp_problem()
     twin = copy.deepcopy(model)
     kw = dict(lr=3e-3, betas=(0.9, 0.99), gamma=0.2, weight_decay=0.1)
-    focus, foco = FOCUS(model.parameters(), **kw), Foco(twin.parameters(), **kw)
+    focus, foco = FOCUS(model.parameters(), **kw), FOCUS16bit(twin.parameters(), **kw)
     gen = torch.Generator().manual_seed(7)
     agreement = []
     for _ in range(300):
@@ -213,7 +213,7 @@ def test_foco_follows_focus_on_an_mlp():
     assert min(agreement) >= 0.99
 
     curves = {}
-    for name, cls in (("focus", FOCUS), ("foco", Foco)):
+    for name, cls in (("focus", FOCUS), ("foco", FOCUS16bit)):
         model, x, y = _mlp_problem()
         opt = cls(model.parameters(), **kw)
         gen = torch.Generator().manual_seed(7)
@@ -238,7 +238,7 @@ def _state_bytes_per_param(opt):
     return sum(t.numel() * t.element_size() for t in tensors) / numel
 
 
-@pytest.mark.parametrize("cls, limit", [(Foco, 4), (Signum, 4), (Lion, 4), (FOCUS, 8)])
+@pytest.mark.parametrize("cls, limit", [(FOCUS16bit, 4), (Signum, 4), (Lion, 4), (FOCUS, 8)])
 def test_state_bytes_per_param(cls, limit):
     model, x, y = _mlp_problem()
     opt = cls(model.parameters(), lr=1e-3)
@@ -262,7 +262,7 @@ def _train(opt_factory, steps, state=None, seed=0):
     return model, opt
 
 
-@pytest.mark.parametrize("cls", [FOCUS, Foco, Signum, Lion])
+@pytest.mark.parametrize("cls", [FOCUS, FOCUS16bit, Signum, Lion])
 def test_state_dict_roundtrip_resumes_exactly(cls):
     def factory(params):
         return cls(params, lr=1e-2, weight_decay=0.1)
@@ -290,7 +290,7 @@ def test_state_dict_roundtrip_resumes_exactly(cls):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("cls", [FOCUS, Foco, Signum, Lion])
+@pytest.mark.parametrize("cls", [FOCUS, FOCUS16bit, Signum, Lion])
 def test_state_is_lazy_and_gradless_params_are_skipped(cls):
     a, b = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(3))
     opt = cls([a, b], lr=0.1)
@@ -302,7 +302,7 @@ def test_state_is_lazy_and_gradless_params_are_skipped(cls):
     assert not torch.equal(a.detach(), torch.ones(3))
 
 
-@pytest.mark.parametrize("cls", [FOCUS, Foco, Signum, Lion])
+@pytest.mark.parametrize("cls", [FOCUS, FOCUS16bit, Signum, Lion])
 def test_sparse_gradients_are_refused(cls):
     emb = torch.nn.Embedding(10, 3, sparse=True)
     opt = cls(emb.parameters(), lr=0.1)
@@ -311,7 +311,7 @@ def test_sparse_gradients_are_refused(cls):
         opt.step()
 
 
-@pytest.mark.parametrize("cls", [FOCUS, Foco, Signum, Lion])
+@pytest.mark.parametrize("cls", [FOCUS, FOCUS16bit, Signum, Lion])
 def test_step_returns_closure_loss(cls):
     p = torch.nn.Parameter(torch.ones(2))
     opt = cls([p], lr=0.1)
@@ -326,7 +326,7 @@ def test_step_returns_closure_loss(cls):
     assert p.detach().tolist() == pytest.approx([0.9, 0.9])
 
 
-@pytest.mark.parametrize("cls", [FOCUS, Foco, Signum, Lion])
+@pytest.mark.parametrize("cls", [FOCUS, FOCUS16bit, Signum, Lion])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_params_train(cls, dtype):
     model, x, y = _mlp_problem()
@@ -353,9 +353,9 @@ BAD = [
     (FOCUS, dict(weight_decay=-0.1), "weight_decay"),
     (FOCUS, dict(decay_order="algorithm1"), "decay_order"),
     (FOCUS, dict(lr=float("nan")), "lr"),
-    (Foco, dict(gamma=-0.1), "gamma"),
-    (Foco, dict(lr=-1e-3), "lr"),
-    (Foco, dict(fused=True, foreach=True), "fused"),
+    (FOCUS16bit, dict(gamma=-0.1), "gamma"),
+    (FOCUS16bit, dict(lr=-1e-3), "lr"),
+    (FOCUS16bit, dict(fused=True, foreach=True), "fused"),
     (Signum, dict(momentum=1.0), "momentum"),
     (Signum, dict(weight_decay=-1), "weight_decay"),
     (Lion, dict(betas=(0.9, 1.5)), r"betas\[1\]"),
@@ -369,6 +369,7 @@ def test_bad_hyperparameters_name_the_value_and_range(cls, kwargs, name):
         cls([torch.nn.Parameter(torch.ones(1))], **kwargs)
 
 
+@pytest.mark.slow
 def test_foco_fused_step_matches_foreach():
     """The torch.compile-fused kernel computes the same rule with fewer roundings (fp32 throughout)."""
     gen = torch.Generator().manual_seed(5)
@@ -377,7 +378,7 @@ def test_foco_fused_step_matches_foreach():
     results = []
     for kw in (dict(foreach=True), dict(fused=True)):
         params = [torch.nn.Parameter(x.clone()) for x in init]
-        opt = Foco(params, lr=1e-3, betas=(0.9, 0.99), gamma=0.2, weight_decay=0.1, **kw)
+        opt = FOCUS16bit(params, lr=1e-3, betas=(0.9, 0.99), gamma=0.2, weight_decay=0.1, **kw)
         for step_grads in grads:
             for p, g in zip(params, step_grads):
                 p.grad = g.clone()
@@ -389,7 +390,7 @@ def test_foco_fused_step_matches_foreach():
     assert (results[0] - results[1]).abs().max() <= 2 * 20 * 1e-3
 
 
-@pytest.mark.parametrize("cls", [FOCUS, Foco])
+@pytest.mark.parametrize("cls", [FOCUS, FOCUS16bit])
 def test_non_contiguous_parameters_take_the_per_tensor_step(cls):
     """The chunked multi-tensor step walks flat views: a channels_last weight must not reach it by default,
     and forcing it there is refused clearly."""

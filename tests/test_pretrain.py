@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import torch
-from pretrain_utils import REPO, SCRIPT, short_args
+from helpers import REPO, SCRIPT, short_args
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_foco.data import prepare_lm_data
@@ -17,6 +17,7 @@ from hf_foco.pretrain import main, parse_args
 RECIPES = [REPO / "recipes" / "gpt2-nano" / f"{name}.yaml" for name in ("adamw", "signum", "lion", "focus", "foco")]
 
 
+@pytest.mark.slow
 def test_every_nano_recipe_trains_and_leaves_a_loadable_checkpoint(workspace):
     runs = {}
     for recipe in RECIPES:  # concurrently: the runs are mostly interpreter start-up
@@ -44,6 +45,7 @@ def test_every_nano_recipe_trains_and_leaves_a_loadable_checkpoint(workspace):
         assert loss == pytest.approx(reported, rel=1e-4), name
 
 
+@pytest.mark.slow
 def test_cpu_ddp_config_runs_two_ranks_that_end_identical(workspace, tmp_path):
     """Real 2-process gloo DDP from recipes/accelerate_configs/cpu_ddp.yaml with 1-bit sign gradient
     compression; each rank dumps its weights and log history."""

@@ -9,14 +9,15 @@ from types import SimpleNamespace
 import matplotlib.image
 import pytest
 import torch
+from helpers import WORDS, common_args, text_dataset, tiny_gpt2
 from huggingface_hub import HfApi, constants
 from huggingface_hub.errors import OfflineModeIsEnabled
 from tokenizers import Tokenizer, models, pre_tokenizers
-from trainer_utils import WORDS, common_args, text_dataset, tiny_gpt2
 from transformers import PreTrainedTokenizerFast
 
+from hf_foco.artifacts.push import PushError, push_run
 from hf_foco.cli import main as cli_main
-from hf_foco.trainer import FocoTrainer, FocoTrainingArguments, PushError, push_run, write_run_artifacts
+from hf_foco.trainer import FocoTrainer, FocoTrainingArguments, write_run_artifacts
 
 torch.set_num_threads(1)
 REPO = "someone/tiny-foco"

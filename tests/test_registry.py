@@ -10,7 +10,7 @@ import torch
 from hf_foco import cli
 from hf_foco.optim import (
     FOCUS,
-    Foco,
+    FOCUS16bit,
     Lion,
     OptimizerSpec,
     RegisteredNames,
@@ -31,7 +31,7 @@ def clean_registry(monkeypatch):
 
 
 def test_builtin_records():
-    expected = {"foco": Foco, "focus": FOCUS, "signum": Signum, "lion": Lion, "adamw": torch.optim.AdamW}
+    expected = {"foco": FOCUS16bit, "focus": FOCUS, "signum": Signum, "lion": Lion, "adamw": torch.optim.AdamW}
     names = {spec.name: spec.cls for spec in list_optimizers()}
     for name, cls in expected.items():
         assert names[name] is cls

@@ -2,14 +2,14 @@
 checkpoint intact; loss spikes and the update ratio are logged."""
 
 import json
+import math
 
 import pytest
 import torch
+from helpers import common_args, text_dataset, tiny_gpt2
 from safetensors.torch import load_file
-from trainer_utils import common_args, text_dataset, tiny_gpt2
 from transformers import TrainerCallback, TrainerControl, TrainerState
 
-from hf_foco.optim import registry
 from hf_foco.trainer import (
     FocoTrainer,
     FocoTrainingArguments,
@@ -17,6 +17,7 @@ from hf_foco.trainer import (
     TrainingDivergedError,
     unwrap_optimizer,
 )
+from hf_foco.trainer.spikes import spike_indices
 
 torch.set_num_threads(1)
 
@@ -60,23 +61,13 @@ def test_non_finite_step_is_skipped_counted_and_leaves_optimizer_state_alone(tmp
     assert trainer.state.log_history[-1]["stability"] == summary
 
 
-class StashingSGD(torch.optim.SGD):
-    """Keeps gradients of its own, as FOP does: the monitor must tell it to drop them."""
-
-    def __init__(self, params, lr=0.1):
-        super().__init__(params, lr=lr)
-        self.skipped = 0
-
-    def skip_step(self):
-        self.skipped += 1
-
-
-def test_optimizer_with_its_own_gradient_stash_is_told_to_skip(tmp_path, monkeypatch):
-    monkeypatch.setitem(registry._REGISTRY, "stashing", registry.OptimizerSpec(name="stashing", cls=StashingSGD))
-    trainer, snap = poisoned_trainer(tmp_path, bad_steps={2, 4}, optim="stashing", learning_rate=0.1)
+def test_a_half_batch_optimizer_skips_a_non_finite_step_too(tmp_path):
+    """FOP is handed g1 − g2 besides p.grad; with p.grad dropped by the guard its step must still be a no-op."""
+    trainer, snap = poisoned_trainer(tmp_path, bad_steps={2, 4}, optim="fop", learning_rate=0.05)
     trainer.train()
-    assert unwrap_optimizer(trainer.optimizer).skipped == 2
     assert equal(snap.params[2], snap.params[1]) and equal(snap.params[4], snap.params[3])
+    assert not equal(snap.params[3], snap.params[2]) and not equal(snap.params[6], snap.params[5])
+    assert trainer.stability.skipped_steps == [2, 4]
 
 
 def test_consecutive_non_finite_steps_stop_training_with_the_checkpoint_intact(tmp_path):
@@ -131,3 +122,26 @@ def test_update_ratio_matches_the_parameter_change_of_a_logging_step(tmp_path):
     lr = next(e["learning_rate"] for e in trainer.state.log_history if e.get("step") == 2)
     count = sum(p.numel() for p in trainer.model.parameters())
     assert delta.item() == pytest.approx(lr * count ** 0.5, rel=1e-3)
+
+
+# -- the spike rule the monitor and the study reports share --------------------------------------------------
+
+def test_spike_threshold_matches_hand_computed_z_scores():
+    # 16 alternating points 2.0/2.1: mean 2.05, sample std sqrt(16 * 0.05**2 / 15) = 0.05164.
+    base = [2.0, 2.1] * 8
+    std = math.sqrt(16 * 0.05**2 / 15)
+    below, above = 2.05 + 2.99 * std, 2.05 + 3.01 * std
+    assert spike_indices(base + [below], window=16, zscore=3.0) == []
+    assert spike_indices(base + [above], window=16, zscore=3.0) == [16]
+    assert spike_indices(base + [above], window=16, zscore=3.1) == []
+
+
+def test_spikes_stay_out_of_the_window_and_need_enough_history():
+    base = [2.0, 2.1] * 8
+    # Two spikes in a row: the first does not inflate the window, so the second is caught too.
+    assert spike_indices(base + [9.0, 9.0, 2.0], window=16) == [16, 17]
+    # NaN is skipped, not a spike, and does not poison the window.
+    assert spike_indices(base + [math.nan, 9.0], window=16) == [17]
+    # Fewer than window // 2 points before it: no verdict.
+    assert spike_indices([2.0, 2.1, 2.0, 9.0], window=16) == []
+    assert spike_indices([2.0, 2.1] * 4 + [9.0], window=16) == [8]

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from trainer_utils import common_args, text_dataset, tiny_gpt2
+from helpers import common_args, text_dataset, tiny_gpt2
 from transformers import HfArgumentParser
 
 from hf_foco.optim import list_optimizers, registry
@@ -100,35 +100,41 @@ def test_parameter_grouping_policy(policy, tmp_path):
 
 
 class HookedSGD(torch.optim.SGD):
-    """Stands in for FOP: built with the model, attached after prepare, runs its own training step."""
+    """Stands in for K-FAC: built with the model, attached after prepare, fed curvature batches every 2nd step."""
 
     def __init__(self, params, model, lr=0.1):
         super().__init__(params, lr=lr)
-        self.built_with, self.attached, self.steps_run = model, [], 0
+        self.built_with, self.attached, self.curvature_batches, self.steps_done = model, [], [], 0
 
     def attach(self, model):
-        self.attached.append((model, self.steps_run))
+        self.attached.append((model, self.steps_done))
 
-    def training_step(self, trainer, model, inputs, num_items_in_batch=None):
-        self.steps_run += 1
-        loss = trainer.compute_loss(model, trainer._prepare_inputs(inputs)) / trainer.args.gradient_accumulation_steps
-        trainer.accelerator.backward(loss)
-        return loss.detach()
+    @property
+    def curvature_due(self):
+        return self.steps_done % 2 == 0
+
+    def update_curvature(self, inputs):
+        self.curvature_batches.append((self.steps_done, inputs["input_ids"].shape[0]))
+
+    def step(self, closure=None):
+        self.steps_done += 1
+        return super().step(closure)
 
 
-def test_optimizer_with_layer_hooks_and_own_training_step(tmp_path, monkeypatch):
+def test_optimizer_with_layer_hooks_is_attached_once_and_fed_curvature_when_due(tmp_path, monkeypatch):
     monkeypatch.setitem(registry._REGISTRY, "hooked", registry.OptimizerSpec(
         name="hooked", cls=HookedSGD, defaults={"lr": 0.1}, needs_layer_hooks=True))
-    args = FocoTrainingArguments(**common_args(tmp_path, optim="hooked", max_steps=3, gradient_accumulation_steps=2,
+    args = FocoTrainingArguments(**common_args(tmp_path, optim="hooked", max_steps=5, gradient_accumulation_steps=2,
                                                per_device_train_batch_size=4))
     model = tiny_gpt2()
     start = {k: v.clone() for k, v in model.state_dict().items()}
-    trainer = FocoTrainer(model=model, args=args, train_dataset=text_dataset(32))
+    trainer = FocoTrainer(model=model, args=args, train_dataset=text_dataset(48))
     trainer.train()
     opt = unwrap_optimizer(trainer.optimizer)
     assert opt.built_with is model
-    assert len(opt.attached) == 1 and opt.attached[0][1] == 0  # once, before its first training step
-    assert opt.steps_run == 3 * 2  # every micro-batch of every accumulated step
+    assert len(opt.attached) == 1 and opt.attached[0][1] == 0  # once, before its first step
+    # the first micro-batch (4 rows) of every due step, once per step, not once per micro-batch
+    assert opt.curvature_batches == [(0, 4), (2, 4), (4, 4)]
     assert not torch.equal(start["transformer.h.0.mlp.c_fc.weight"], model.transformer.h[0].mlp.c_fc.weight)
 
 

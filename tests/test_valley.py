@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import math
@@ -11,7 +10,8 @@ import pytest
 import torch
 
 from hf_foco import valley
-from hf_foco.optim import FOCUS, Foco, Lion, Signum
+from hf_foco.cli import main as cli
+from hf_foco.optim import FOCUS, FOCUS16bit, Lion, Signum
 
 
 def test_gradient_is_the_autograd_gradient_of_the_loss():
@@ -43,13 +43,13 @@ CASES = {
     "adam": (TOY["adam"], torch.optim.AdamW, dict(betas=(0.9, 0.999), eps=1e-8), SPREAD_OMEGA),
     "signum": (TOY["signum"], Signum, dict(momentum=0.9), SPREAD_OMEGA),
     "lion": (TOY["lion"], Lion, dict(betas=(0.9, 0.99)), SPREAD_OMEGA),
-    "focus-official": (TOY["focus-official"], FOCUS, dict(betas=(0.9, 0.9), gamma=0.2), SPREAD_OMEGA),
-    "foco": (TOY["foco"], Foco, dict(betas=(0.9, 0.9), gamma=0.2), torch.full((3, 1), 0.2)),
+    "focus": (TOY["focus"], FOCUS, dict(betas=(0.9, 0.9), gamma=0.2), SPREAD_OMEGA),
+    "foco": (TOY["foco"], FOCUS16bit, dict(betas=(0.9, 0.9), gamma=0.2), torch.full((3, 1), 0.2)),
     # The spec's toy FOCUS: without decay it is the FOCUS class; with gamma = 0 it is Signum, decay included
     # (so its decay is omega * p of the pre-step p, "inside the same step").
-    "focus-no-decay": (TOY["focus"], FOCUS, dict(betas=(0.9, 0.9), gamma=0.2), torch.zeros(3, 1)),
-    "focus-gamma0": (dataclasses.replace(TOY["focus"], hyper=dict(TOY["focus"].hyper, gamma=0.0)), Signum,
-                     dict(momentum=0.9), SPREAD_OMEGA),
+    "focus-toy-no-decay": (TOY["focus-toy"], FOCUS, dict(betas=(0.9, 0.9), gamma=0.2), torch.zeros(3, 1)),
+    "focus-toy-gamma0": (dataclasses.replace(TOY["focus-toy"], hyper=dict(TOY["focus-toy"].hyper, gamma=0.0)),
+                         Signum, dict(momentum=0.9), SPREAD_OMEGA),
 }
 
 
@@ -96,6 +96,7 @@ def _cell_index(a: float, sigma: float) -> int:
     return REDUCED.ys.index(a) * len(REDUCED.sigmas) + REDUCED.sigmas.index(sigma)
 
 
+@pytest.mark.slow
 def test_spot_cells_reproduce_the_spec_table(reduced_grid):
     """The spec's values come from an independent run with as many replicates, so measured - spec has a
     standard error of about sqrt(2)*se; 4 of those is the tolerance (a false alarm about once in 10^4
@@ -109,6 +110,7 @@ def test_spot_cells_reproduce_the_spec_table(reduced_grid):
             assert abs(got - expected) <= 4 * math.sqrt(2) * se, ((a, sigma), name, got, se, expected)
 
 
+@pytest.mark.slow
 def test_reduced_grid_phase_diagram(reduced_grid, tmp_path):
     """Adam wins without noise; a sign method wins at sigma = 3 in the a = 10 and flat valleys; the CSV
     holds one row per cell and optimizer and its winner column is the lowest score."""
@@ -125,17 +127,14 @@ def test_reduced_grid_phase_diagram(reduced_grid, tmp_path):
         assert cell[0]["winner"] == min(cell, key=lambda r: float(r["mean_final_loss"]))["optimizer"]
         winner[(round(float(cell[0]["a"]), 3), float(cell[0]["sigma"]))] = cell[0]["winner"]
     assert winner[(10.0, 0.0)] == "adam"
-    assert winner[(10.0, 3.0)] in ("signum", "focus")
-    assert winner[(0.1, 3.0)] in ("signum", "focus")
+    assert winner[(10.0, 3.0)] in ("signum", "focus-toy")
+    assert winner[(0.1, 3.0)] in ("signum", "focus-toy")
     for a, sigma in ((10.0, 0.0), (10.0, 3.0), (0.1, 3.0)):
         assert all(reduced_grid[n]["lr"][_cell_index(a, sigma)] < REDUCED_LRS[-1] for n in reduced_grid)
 
 
 def run_cli(argv: list[str]) -> int:
-    """``hf-foco valley ARGV`` without importing the whole CLI (its other commands load transformers)."""
-    parser = argparse.ArgumentParser()
-    valley.valley_args(parser)
-    return valley.valley_run(parser.parse_args(argv))
+    return cli(["valley", *argv])
 
 
 def test_cli_runs_foco_on_the_omega_panel(tmp_path):
@@ -151,6 +150,7 @@ def test_cli_runs_foco_on_the_omega_panel(tmp_path):
     assert (tmp_path / "valley_sigma_omega.png").exists()
 
 
+@pytest.mark.slow
 def test_worker_processes_give_the_same_numbers():
     cells = valley.make_cells(torch.tensor([1.0, 10.0, 100.0]), 0.1, torch.tensor([0.0, 1.0, 3.0]))
     run = dict(replicates=4, steps=50, block_elements=16)  # 2 cells per block: 2 blocks

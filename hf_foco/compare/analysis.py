@@ -7,12 +7,8 @@ rules can be checked on hand-made logs, independent of how the runs were produce
   train loss logged in the last ``late_fraction`` of its steps is non-finite or above the first logged
   train loss (the usual "NaN or above the initial loss" rule, applied to the late part of the run so that
   a transient spike the run recovered from is counted as a spike, not as a divergence).
-* **Loss spikes.** Rolling z-score of each logged train loss against the last ``window`` logged losses
-  before it that were finite and not spikes themselves (so one spike does not hide the next): a spike
-  when ``(loss - mean) / std > threshold`` (sample std; at least ``window // 2`` points needed). llm.c
-  uses a 128-step window with a loss logged every step; a nano run logs only ~50-100 points
-  (``logging_steps`` 5-10), so a 128-point window would be longer than the run: the default is 16 points
-  (~80-160 steps, about llm.c's span in steps). The default threshold is the usual 3 sigma.
+* **Loss spikes.** The stability monitor's rule (:mod:`hf_foco.trainer.spikes`), applied to the logged
+  train losses: a z-score above ``spike_zscore`` against the trailing ``spike_window`` logged losses.
 * **Steps to target.** The first logged eval step whose eval loss is at or below the target (no
   interpolation between evals). The target of a comparison group is the final eval loss of its best AdamW
   run; speedup = the AdamW reference run's steps to target / the optimizer's steps to target, per seed of
@@ -26,10 +22,11 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from ..trainer.spikes import DEFAULT_WINDOW, DEFAULT_ZSCORE, check_spike_settings, spike_indices
 
 REFERENCE_OPTIMIZER = "adamw"
 
@@ -38,15 +35,12 @@ REFERENCE_OPTIMIZER = "adamw"
 class AnalysisConfig:
     """Knobs of the rules above; a study sets them under ``analysis:``."""
 
-    spike_window: int = 16
-    spike_threshold: float = 3.0
+    spike_window: int = DEFAULT_WINDOW
+    spike_zscore: float = DEFAULT_ZSCORE
     late_fraction: float = 0.25
 
     def __post_init__(self):
-        if self.spike_window < 2:
-            raise ValueError(f"analysis.spike_window must be >= 2 logged points, got {self.spike_window}.")
-        if self.spike_threshold <= 0:
-            raise ValueError(f"analysis.spike_threshold must be > 0 (a z-score), got {self.spike_threshold}.")
+        check_spike_settings(self.spike_window, self.spike_zscore)
         if not 0 < self.late_fraction <= 1:
             raise ValueError(f"analysis.late_fraction must be in (0, 1], got {self.late_fraction}.")
 
@@ -113,23 +107,6 @@ def divergence_reason(run: RunLog, late_fraction: float = AnalysisConfig.late_fr
     return None
 
 
-def spike_indices(losses: Sequence[float], window: int = AnalysisConfig.spike_window,
-                  threshold: float = AnalysisConfig.spike_threshold) -> list[int]:
-    """Indices of the losses whose z-score against the trailing ``window`` finite points exceeds ``threshold``."""
-    spikes: list[int] = []
-    trailing: deque[float] = deque(maxlen=window)
-    for i, loss in enumerate(losses):
-        if not math.isfinite(loss):
-            continue
-        if len(trailing) >= max(2, window // 2):
-            std = statistics.stdev(trailing)
-            if std > 0 and (loss - statistics.fmean(trailing)) / std > threshold:
-                spikes.append(i)
-                continue  # kept out of the window, so one spike does not hide the next
-        trailing.append(loss)
-    return spikes
-
-
 def max_grad_norm(log_history: Sequence[dict[str, Any]]) -> float | None:
     """The largest finite logged gradient norm (pre-clipping, as the Trainer logs it)."""
     finite = [g for g in series(log_history, "grad_norm")[1] if math.isfinite(g)]
@@ -174,7 +151,7 @@ def analyse_run(run: RunLog, config: AnalysisConfig = AnalysisConfig()) -> dict[
         "initial_train_loss": losses[0] if losses else None,
         "final_train_loss": losses[-1] if losses else None,
         "final_eval_loss": final_value(run.log_history, "eval_loss"),
-        "loss_spikes": len(spike_indices(losses, config.spike_window, config.spike_threshold)),
+        "loss_spikes": len(spike_indices(losses, config.spike_window, config.spike_zscore)),
         "max_grad_norm": max_grad_norm(run.log_history),
         "nan_guard_skips": nan_guard_skips(run.stability),
         "runtime_s": run.runtime_s,

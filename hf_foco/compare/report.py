@@ -2,8 +2,8 @@
 
 Plots use one colour per optimizer throughout, log-x for learning rates, and show every seed of an
 optimizer at its best learning rate (same colour), so seed spread is visible rather than averaged away.
-Wall time comes from the ``wall_time_s`` stamps of :mod:`.train`; for runs made by another launcher it
-is the run's ``train_runtime`` spread evenly over its steps (the Trainer's log has no timestamps).
+Wall time comes from the ``wall_time_s`` stamps FocoTrainer puts on its logs; for runs made by another
+launcher it is the run's ``train_runtime`` spread evenly over its steps (the Trainer's log has no timestamps).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ..trainer.sharpness import EIGENVALUE_KEY  # noqa: E402
+from ..trainer.trainer import WALL_TIME_KEY  # noqa: E402
 from .analysis import AnalysisConfig, RunLog, last_step, summarize  # noqa: E402
-from .sharpness import EIGENVALUE_KEY  # noqa: E402
-from .train import WALL_TIME_KEY  # noqa: E402
 
 
 def _colours(optimizers: Sequence[str]) -> dict[str, Any]:
@@ -39,7 +39,7 @@ def _at_best_lr(runs: Sequence[RunLog], group: dict[str, Any]) -> dict[str, list
 
 def _x_axes(run: RunLog, key: str) -> dict[str, list[float]]:
     """Steps, tokens and wall time of the log entries carrying ``key``. Wall time is the stamp that
-    ``hf_foco.compare.train`` puts on each entry, else the run's runtime spread evenly over its steps."""
+    FocoTrainer puts on each entry, else the run's runtime spread evenly over its steps."""
     entries = [e for e in run.log_history if e.get(key) is not None]
     steps = [int(e["step"]) for e in entries]
     axes: dict[str, list[float]] = {"step": steps}
@@ -194,7 +194,7 @@ def write_report(study_name: str, runs: Sequence[RunLog], output_dir: Path, opti
              f"{len(runs)} runs analysed ({sum(r.crashed for r in runs)} crashed), {len(pending)} not run yet.",
              "", "Rules: a run diverged if it crashed, ended with a non-finite loss, or logged a train loss above "
              f"its first one in the last {config.late_fraction:.0%} of its steps. Loss spikes: z-score > "
-             f"{config.spike_threshold:g} against the {config.spike_window} logged losses before. Target: the "
+             f"{config.spike_zscore:g} against the {config.spike_window} logged losses before. Target: the "
              "best AdamW run's final eval loss; speedup = AdamW's steps / the optimizer's steps to reach it, "
              "per seed at the optimizer's best LR (lowest seed-mean final eval loss where no seed diverged); "
              "a miss counts as no speedup (1.0). Spread: mean ± std [min, max] over seeds. Wall time: each "

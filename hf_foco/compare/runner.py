@@ -1,6 +1,7 @@
 """Running a study: one subprocess per run, resumable, with one progress bar over the whole study.
 
-Each run is a separate process (``python -m hf_foco.pretrain RECIPE --key value ...`` by default) so a run
+Each run is a separate process (``python -m hf_foco.cli train RECIPE --key value ...``, the pretraining job, by
+default) so a run
 that crashes or blows up is recorded as failed and the study goes on. A run counts as done only when its
 output directory holds ``run.json``, written after the process exits; a directory without it is the
 remains of an interrupted run and is cleared before the run starts again. Failed runs are not retried on
@@ -9,7 +10,6 @@ resume unless asked (``retry_failed``): a divergence usually repeats.
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -21,17 +21,17 @@ from typing import Any
 from huggingface_hub.utils import tqdm
 from transformers.trainer_utils import get_last_checkpoint
 
+from ..artifacts.files import STABILITY_FILE, TRAINER_STATE_FILE, read_json, write_json
 from .analysis import RunLog, train_runtime
 from .study import RunSpec, Study
 
-DEFAULT_LAUNCHER = (sys.executable, "-m", "hf_foco.compare.train")
+DEFAULT_LAUNCHER = (sys.executable, "-m", "hf_foco.cli", "train")
 MARKER = "run.json"
 LOG_FILE = "train.log"
 
 
 def read_marker(run: RunSpec) -> dict[str, Any] | None:
-    path = run.output_dir / MARKER
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_json(run.output_dir / MARKER)
 
 
 def execute(run: RunSpec, launcher: Sequence[str] = DEFAULT_LAUNCHER) -> dict[str, Any]:
@@ -45,7 +45,7 @@ def execute(run: RunSpec, launcher: Sequence[str] = DEFAULT_LAUNCHER) -> dict[st
         returncode = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
     marker = {"status": "finished" if returncode == 0 else "failed", "returncode": returncode,
               "wall_time_s": time.perf_counter() - start, "command": command, **run.describe()}
-    (run.output_dir / MARKER).write_text(json.dumps(marker, indent=2))
+    write_json(run.output_dir / MARKER, marker)
     return marker
 
 
@@ -64,21 +64,17 @@ def run_study(study: Study, launcher: Sequence[str] = DEFAULT_LAUNCHER, retry_fa
     return pending
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 def load_run(run: RunSpec) -> RunLog | None:
     """What a run logged, or None if it has not run. ``trainer_state.json`` is read from the output
     directory (``Trainer.save_state``) or else from the last checkpoint; ``stability.json`` if present."""
     marker = read_marker(run)
     if marker is None:
         return None
-    state = _read_json(run.output_dir / "trainer_state.json")
+    state = read_json(run.output_dir / TRAINER_STATE_FILE, {})
     if not state and (checkpoint := get_last_checkpoint(str(run.output_dir))):
-        state = _read_json(Path(checkpoint) / "trainer_state.json")
+        state = read_json(Path(checkpoint) / TRAINER_STATE_FILE, {})
     history = state.get("log_history", [])
     return RunLog(name=run.name, group=run.group, optimizer=run.optimizer, learning_rate=run.learning_rate,
                   seed=run.seed, crashed=marker["status"] != "finished", log_history=history,
-                  stability=_read_json(run.output_dir / "stability.json"), tokens_per_step=run.tokens_per_step,
+                  stability=read_json(run.output_dir / STABILITY_FILE, {}), tokens_per_step=run.tokens_per_step,
                   runtime_s=train_runtime(history) or marker["wall_time_s"])

@@ -10,13 +10,13 @@ A study is a YAML file next to the recipes it uses::
       adamw: {learning_rates: [3.0e-4, 1.0e-3, 3.0e-3]}
       lion: {learning_rates: [1.0e-4, 3.0e-4], overrides: {weight_decay: 0.5}}
     batch_size_multipliers: [1, 4, 16]      # optional, "same token budget" (see below)
-    analysis: {spike_window: 16, spike_threshold: 3.0, late_fraction: 0.25}   # optional
+    analysis: {spike_window: 16, spike_zscore: 5.0, late_fraction: 0.25}   # optional
 
 Recipe paths are relative to the study file and may contain ``{optimizer}``: each optimizer then trains
 from its own recipe (hf_foco's recipes of one model share everything but the optimizer block, and a
 block cannot be removed by overrides: Signum rejects the AdamW recipe's betas). A single ``recipe`` is
-named after its directory (runs ``<dir>/<optimizer>/lr<lr>-seed<seed>``, report section ``<dir>``). ``output_dir`` (default ``runs/studies/<name>``) is relative
-to the working directory, like a Trainer's. Every run is the recipe with, in increasing priority, the
+named after its directory (runs ``<dir>/<optimizer>/lr<lr>-seed<seed>``, report section ``<dir>``).
+``output_dir`` (default ``runs/studies/<name>``) is relative to the working directory, like a Trainer's. Every run is the recipe with, in increasing priority, the
 study's ``overrides``, the optimizer's ``overrides``, the batch scaling, and its own ``optim``,
 ``learning_rate``, ``seed`` and ``output_dir``.
 
@@ -28,7 +28,6 @@ and rounded down, at least 1), so every batch size sees the same tokens and abou
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 from dataclasses import dataclass, field
@@ -37,6 +36,8 @@ from typing import Any
 
 import yaml
 
+from ..hints import did_you_mean
+from ..recipe import read_recipe
 from .analysis import AnalysisConfig
 
 STUDY_KEYS = ("name", "recipe", "recipes", "seeds", "optimizers", "overrides", "batch_size_multipliers",
@@ -71,7 +72,7 @@ class RunSpec:
     tokens_per_step: int
 
     def argv(self) -> list[str]:
-        """``RECIPE.yaml --key value ...`` for ``hf_foco.pretrain`` (HfArgumentParser syntax)."""
+        """``RECIPE.yaml --key value ...`` for the pretraining job (HfArgumentParser syntax)."""
         argv = [str(self.recipe)]
         for key, value in self.arguments.items():
             argv.append(f"--{key}")
@@ -95,13 +96,12 @@ def _fail(path: Path, problem: str, fix: str) -> ValueError:
 
 
 def _load_recipe(path: Path, study_path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise _fail(study_path, f"recipe {path} does not exist", "Recipe paths are relative to the study file.")
-    recipe = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(recipe, dict):
-        raise _fail(study_path, f"recipe {path} is not a mapping of argument names to values",
-                    "Use a flat HfArgumentParser YAML recipe.")
-    return recipe
+    try:
+        return read_recipe(path)
+    except FileNotFoundError:
+        raise _fail(study_path, f"recipe {path} does not exist", "Recipe paths are relative to the study file.") from None
+    except ValueError as err:
+        raise _fail(study_path, str(err), "Use a flat HfArgumentParser YAML recipe.") from None
 
 
 def _positive_floats(values: Any) -> tuple[float, ...] | None:
@@ -151,12 +151,11 @@ class Study:
             raise _fail(path, "not found or not a YAML mapping", "Pass the path of a study YAML file.")
         for key in raw:
             if key not in STUDY_KEYS:
-                close = difflib.get_close_matches(key, STUDY_KEYS, n=1)
-                raise _fail(path, f"unknown key {key!r}", f"Did you mean {close[0]!r}? " if close else
-                            f"Known keys: {', '.join(STUDY_KEYS)}.")
+                raise _fail(path, f"unknown key {key!r}", f"{did_you_mean(key, STUDY_KEYS).strip()} Known keys: "
+                            f"{', '.join(STUDY_KEYS)}.")
         if ("recipe" in raw) == ("recipes" in raw):
             raise _fail(path, "needs exactly one of 'recipe' (a path) or 'recipes' (name -> path)",
-                        "Add `recipe: ../gpt2-nano/pretrain.yaml`.")
+                        "Add e.g. `recipe: ../gpt2-nano/{optimizer}.yaml`.")
         # One recipe is named by its directory (recipes/<model>/<optimizer>.yaml -> <model>).
         recipes = raw.get("recipes") or {(path.parent / raw["recipe"]).resolve().parent.name: raw["recipe"]}
         if not isinstance(recipes, dict):
@@ -249,16 +248,16 @@ class Study:
 
     def _tokens_per_step(self, merged: dict[str, Any]) -> int:
         """Batch x accumulation x block_size (the pipeline's default when unset) x world size."""
-        from ..pretrain import DataArguments
+        from ..data import DataArguments
 
         block = merged.get("block_size", DataArguments.block_size)
         return (merged["per_device_train_batch_size"] * merged["gradient_accumulation_steps"] * block
                 * self.world_size)
 
     def check_runs(self) -> None:
-        """Parse one run per (group, optimizer) with the pipeline's own parser (``hf_foco.compare.train``):
-        a key or value the pipeline rejects fails the study now, not in each of its runs."""
-        from .train import check_arguments
+        """Parse one run per (group, optimizer) with the pretraining job's own parser: a key or value the job
+        rejects fails the study now, not in each of its runs."""
+        from ..pretrain import parse_args
 
         checked = set()
         for spec in self.runs():
@@ -266,7 +265,10 @@ class Study:
                 continue
             checked.add((spec.group, spec.optimizer))
             try:
-                check_arguments(spec.argv())
+                parse_args(spec.argv())
             except ValueError as err:
                 raise _fail(self.path, f"run {spec.name} would fail: {err}",
                             "Fix the study's overrides or the recipe.") from None
+            except SystemExit as exit_:  # argparse has printed its message
+                raise _fail(self.path, f"run {spec.name} would fail: invalid command line (argparse exit "
+                            f"{exit_.code}, message above)", "Fix the study's overrides or the recipe.") from None

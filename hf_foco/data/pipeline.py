@@ -16,6 +16,7 @@ from pathlib import Path
 from datasets import Dataset, IterableDataset, load_from_disk
 from transformers import PreTrainedTokenizerBase
 
+from .arguments import DataArguments
 from .cache import cache_path, default_cache_dir, save_atomically
 from .corpus import (
     BUILTIN_TEXT_COLUMN,
@@ -47,7 +48,7 @@ class LMData:
         return len(self.train) * self.block_size if isinstance(self.train, Dataset) else None
 
 
-def load_raw(args) -> tuple[dict, str, str]:
+def load_raw(args: DataArguments) -> tuple[dict, str, str]:
     """(``{"train", "validation"}`` raw datasets, text column, a description of the source)."""
     if args.dataset_name:
         raw = hub_corpus(args.dataset_name, args.dataset_config_name, args.dataset_split, args.validation_split,
@@ -67,7 +68,7 @@ def _texts(dataset: Dataset | IterableDataset, column: str) -> Iterator[str]:
         yield from filter(None, texts)
 
 
-def _fingerprint(dataset: Dataset | IterableDataset, args, limit: int | None) -> str:
+def _fingerprint(dataset: Dataset | IterableDataset, args: DataArguments, limit: int | None) -> str:
     """The dataset's own content fingerprint; a stream has none, so its description stands in."""
     if isinstance(dataset, Dataset):
         return dataset._fingerprint
@@ -93,11 +94,8 @@ def _require_one_block(dataset: Dataset, split: str, block_size: int, source: st
                          "--validation_fraction.")
 
 
-def prepare_lm_data(args) -> LMData:
-    """Raw data -> tokenizer (loaded, or trained and cached) -> packed train and validation blocks.
-
-    ``args`` is :class:`hf_foco.pretrain.DataArguments`.
-    """
+def prepare_lm_data(args: DataArguments) -> LMData:
+    """Raw data -> tokenizer (loaded, or trained and cached) -> packed train and validation blocks."""
     cache_dir = args.data_cache_dir or default_cache_dir()
     raw, column, source = load_raw(args)
     for split in ("train", "validation"):

@@ -13,7 +13,6 @@ both equal the payload; the sign hook all-gathers, so its ratio grows with the w
 the default blocks: 1/21 at 2 ranks, 1/16 needs block_size=128 at 3 ranks).
 """
 
-import difflib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +21,8 @@ import torch
 import torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as psgd_hooks
+
+from ..hints import did_you_mean
 
 # No ``from __future__ import annotations`` here: DDP compares a hook's annotations to the real types.
 Future = torch.futures.Future[torch.Tensor]
@@ -228,9 +229,7 @@ def register_compression(ddp_model: torch.nn.Module, name: str,
     before the first backward. ``options`` go to the hook's factory (PowerSGD's settings).
     """
     if name not in COMPRESSION_HOOKS:
-        close = difflib.get_close_matches(str(name), list(COMPRESSION_HOOKS), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"Unknown gradient compression {name!r}.{hint} "
+        raise ValueError(f"Unknown gradient compression {name!r}.{did_you_mean(name, COMPRESSION_HOOKS)} "
                          f"Choose one of: {', '.join(COMPRESSION_HOOKS)}.")
     if not isinstance(ddp_model, torch.nn.parallel.DistributedDataParallel):
         raise TypeError(f"Gradient compression {name!r} is a DDP communication hook, but the model is a "

@@ -1,14 +1,21 @@
-"""hf_foco's optimizers and the registry that names them."""
+"""hf_foco's optimizers and the registry that names them.
+
+Each elementwise optimizer is a thin class over a public functional rule (``focus``, ``foco``, ``signum``,
+``lion``, like ``torch.optim.adamw.adamw``); K-FAC and FOP live in :mod:`.kfac`. The records below are the
+built-in entries of the registry (:mod:`.registry`).
+"""
 
 import torch
 
-from .foco import Foco
-from .focus import FOCUS
-from .fop import FOP, KFAC
+from .foco import FOCUS16bit, foco
+from .focus import FOCUS, focus
 from .grouping import DECAY_POLICIES, param_groups
-from .lion import Lion
+from .kfac import FOP, KFAC
+from .lion import Lion, lion
 from .registry import (
     ENTRY_POINT_GROUP,
+    HalfBatchOptimizer,
+    LayerHookOptimizer,
     OptimizerSpec,
     RegisteredNames,
     create_optimizer,
@@ -16,11 +23,12 @@ from .registry import (
     is_registered,
     list_optimizers,
     register_optimizer,
+    spec_of,
 )
-from .signum import Signum
+from .signum import Signum, signum
 
 register_optimizer(
-    "foco", Foco, defaults=dict(lr=6e-4, betas=(0.9, 0.99), gamma=0.2, weight_decay=0.2),
+    "foco", FOCUS16bit, defaults=dict(lr=6e-4, betas=(0.9, 0.99), gamma=0.2, weight_decay=0.2),
     paper="FOCUS rule (Liu, Liu & Gore 2025), hf_foco engineering", state_bytes_per_param=4,
     description="FOCUS at half of AdamW's optimizer memory; the default choice for noisy large-LR pretraining.",
 )
@@ -58,7 +66,8 @@ register_optimizer(
 )
 
 __all__ = [
-    "DECAY_POLICIES", "ENTRY_POINT_GROUP", "FOCUS", "FOP", "Foco", "KFAC", "Lion", "OptimizerSpec", "RegisteredNames",
-    "Signum", "create_optimizer", "get_optimizer", "is_registered", "list_optimizers", "param_groups",
-    "register_optimizer",
+    "DECAY_POLICIES", "ENTRY_POINT_GROUP", "FOCUS", "FOCUS16bit", "FOP", "HalfBatchOptimizer", "KFAC",
+    "LayerHookOptimizer", "Lion", "OptimizerSpec", "RegisteredNames", "Signum", "create_optimizer", "foco", "focus",
+    "get_optimizer", "is_registered", "lion", "list_optimizers", "param_groups", "register_optimizer", "signum",
+    "spec_of",
 ]

@@ -1,8 +1,8 @@
 """The shared skeleton of hf_foco's elementwise optimizers.
 
-Subclasses declare their state tensors and hand the gathered lists to a functional update rule, the way
-``torch.optim.AdamW`` does: the class only collects parameters, creates state lazily and dispatches to a
-single-tensor or multi-tensor (``torch._foreach_*``) implementation of the rule.
+Subclasses declare their state tensors and hand the gathered lists to a public functional update rule, the way
+``torch.optim.AdamW`` hands them to ``adamw()``: the class only collects parameters and creates state
+lazily; the function picks a single-tensor, multi-tensor (``torch._foreach_*``) or fused implementation.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from torch.optim import Optimizer
 class ElementwiseOptimizer(Optimizer):
     """Base for optimizers whose update is elementwise (FOCUS, foco, Signum, Lion).
 
-    Subclasses set ``state_names`` (the per-parameter tensors besides ``step``), implement
-    ``_init_state(p)`` returning those tensors, and ``_apply(group, params, grads, states, steps)``.
+    Subclasses set ``state_names`` (the per-parameter tensors besides ``step``; fp32 unless ``state_dtype``
+    says otherwise) and implement ``_apply(group, params, grads, states, steps)``, which calls the rule.
     Because the update is elementwise it works unchanged on FSDP2's sharded DTensor parameters and on
     DeepSpeed's flat shards.
     """

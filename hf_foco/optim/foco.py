@@ -1,7 +1,7 @@
 """foco: the FOCUS rule, engineered to be Fast, COmmunication- and memory-efficient.
 
-Same update as :class:`hf_foco.optim.FOCUS` (official order), with 4 bytes of state per parameter
-instead of 8:
+:class:`FOCUS16bit` makes the same update as :class:`hf_foco.optim.FOCUS` (official order) with 4 bytes of
+state per parameter instead of 8:
 
 * ``exp_avg`` in bf16: only its sign is used; bf16 keeps fp32's exponent range, so tiny gradients do not
   underflow to a zero momentum.
@@ -20,9 +20,9 @@ instead of 8:
   every b2 <= 0.999, so round-to-nearest never freezes the EMA (bf16's 2**-8 would for b2 = 0.999). e is
   rounded once per step, from fp32.
 
-Two implementations of the same rule: a multi-tensor (``torch._foreach_*``) step grouped by device and
+Three implementations of the same rule, chosen by :func:`foco` (the functional form): a multi-tensor (``torch._foreach_*``) step grouped by device and
 dtype, working in place in fp32 scratch buffers of bounded size (so it allocates no per-parameter
-temporaries), and a fused step (``torch.compile`` of one elementwise kernel, compiled once with dynamic shapes)
+temporaries), the single-tensor reference, and a fused step (``torch.compile`` of one elementwise kernel, compiled once with dynamic shapes)
 that reads theta, g, m, e once and writes theta, m, e once: 20 bytes per fp32 parameter. The fused step is
 the default on CUDA and can be requested anywhere torch.compile works (``fused=True``).
 """
@@ -51,13 +51,15 @@ MOMENTUM_DTYPE = torch.bfloat16
 PULL_DTYPE = torch.float16
 
 
-class Foco(ElementwiseOptimizer):
-    """FOCUS in 4 bytes of optimizer state per parameter.
+class FOCUS16bit(ElementwiseOptimizer):
+    """FOCUS in 4 bytes of optimizer state per parameter (registry name ``foco``).
 
     Args:
         params, lr, betas, gamma, weight_decay: as :class:`~hf_foco.optim.FOCUS` (official decay order).
         foreach: multi-tensor implementation (default on for plain tensors).
         fused: ``torch.compile``-fused step (default: on when every parameter is a CUDA tensor).
+
+    The rule as a function of tensor lists: :func:`foco`.
     """
 
     state_names = ("exp_avg", "pull")
@@ -78,15 +80,25 @@ class Foco(ElementwiseOptimizer):
         return MOMENTUM_DTYPE if name == "exp_avg" else PULL_DTYPE
 
     def _apply(self, group, params, grads, states, steps):
-        fused, foreach = group["fused"], group["foreach"]
-        if fused is None:
-            fused = not foreach and all(p.is_cuda for p in params) and default_foreach(params)
-        if foreach is None:
-            foreach = default_foreach(params)
-        fn = _fused_foco if fused else _multi_tensor_foco if foreach else _single_tensor_foco
         beta1, beta2 = group["betas"]
-        fn(params, grads, states["exp_avg"], states["pull"], steps, lr=group["lr"], beta1=beta1,
-           beta2=beta2, gamma=group["gamma"], weight_decay=group["weight_decay"])
+        foco(params, grads, states["exp_avg"], states["pull"], steps, foreach=group["foreach"], fused=group["fused"],
+             lr=group["lr"], beta1=beta1, beta2=beta2, gamma=group["gamma"], weight_decay=group["weight_decay"])
+
+
+def foco(params, grads, exp_avgs, pulls, steps, *, foreach: bool | None = None, fused: bool | None = None, lr: float,
+         beta1: float, beta2: float, gamma: float, weight_decay: float) -> None:
+    """The foco step on lists of tensors (``exp_avgs`` in bf16, ``pulls`` in fp16, ``steps`` 0-d counters).
+
+    Like ``torch.optim.adamw.adamw`` it picks the implementation: ``fused`` (default on when every tensor is
+    a contiguous CUDA tensor), else ``foreach`` (default on for plain contiguous tensors), else one tensor at
+    a time (``fused`` wins when both are set). All three compute the same rule (module docstring).
+    """
+    if fused is None:
+        fused = not foreach and all(p.is_cuda for p in params) and default_foreach(params)
+    if foreach is None:
+        foreach = default_foreach(params)
+    fn = _fused_foco if fused else _multi_tensor_foco if foreach else _single_tensor_foco
+    fn(params, grads, exp_avgs, pulls, steps, lr=lr, beta1=beta1, beta2=beta2, gamma=gamma, weight_decay=weight_decay)
 
 
 def _ema_keep(beta2: float, step: float) -> float:

@@ -9,8 +9,8 @@
 ``decay_order="official"`` (the default) is the authors' code, which produced the paper's GPT-2 result:
 sign step first, decay second, attraction on the pre-decay theta. ``decay_order="paper"`` is Algorithm 1:
 decay first, attraction measured on the decayed theta. State is kept in fp32 whatever the parameter dtype:
-theta - ph is of the order of lr and a bf16 EMA of theta cannot resolve it (see ``foco`` for the
-memory-efficient way).
+theta - ph is of the order of lr and a bf16 EMA of theta cannot resolve it (see ``foco``, :class:`~hf_foco.optim.FOCUS16bit`,
+for the memory-efficient way).
 """
 
 from __future__ import annotations
@@ -57,16 +57,22 @@ class FOCUS(ElementwiseOptimizer):
                         decay_order=decay_order, foreach=foreach)
         super().__init__(params, defaults)
 
-
     def _apply(self, group, params, grads, states, steps):
-        foreach = group["foreach"]
-        if foreach is None:
-            foreach = default_foreach(params)
         beta1, beta2 = group["betas"]
-        fn = _multi_tensor_focus if foreach else _single_tensor_focus
-        fn(params, grads, states["exp_avg"], states["param_avg"], steps, lr=group["lr"], beta1=beta1,
-           beta2=beta2, gamma=group["gamma"], weight_decay=group["weight_decay"],
-           decay_order=group["decay_order"])
+        focus(params, grads, states["exp_avg"], states["param_avg"], steps, foreach=group["foreach"], lr=group["lr"],
+              beta1=beta1, beta2=beta2, gamma=group["gamma"], weight_decay=group["weight_decay"],
+              decay_order=group["decay_order"])
+
+
+def focus(params, grads, exp_avgs, param_avgs, steps, *, foreach: bool | None = None, lr: float, beta1: float,
+          beta2: float, gamma: float, weight_decay: float, decay_order: str = "official") -> None:
+    """The FOCUS step on lists of tensors (fp32 states, 0-d step counters); ``foreach`` defaults to the
+    multi-tensor implementation for plain contiguous tensors, as ``torch.optim.adamw.adamw`` does."""
+    if foreach is None:
+        foreach = default_foreach(params)
+    fn = _multi_tensor_focus if foreach else _single_tensor_focus
+    fn(params, grads, exp_avgs, param_avgs, steps, lr=lr, beta1=beta1, beta2=beta2, gamma=gamma,
+       weight_decay=weight_decay, decay_order=decay_order)
 
 
 def _single_tensor_focus(params, grads, exp_avgs, param_avgs, steps, *, lr, beta1, beta2, gamma,

@@ -25,15 +25,19 @@ class Lion(ElementwiseOptimizer):
         check_weight_decay(weight_decay)
         super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, foreach=foreach))
 
-
     def _apply(self, group, params, grads, states, steps):
-        foreach = group["foreach"]
-        if foreach is None:
-            foreach = default_foreach(params)
         beta1, beta2 = group["betas"]
-        fn = _multi_tensor_lion if foreach else _single_tensor_lion
-        fn(params, grads, states["exp_avg"], steps, lr=group["lr"], beta1=beta1, beta2=beta2,
-           weight_decay=group["weight_decay"])
+        lion(params, grads, states["exp_avg"], steps, foreach=group["foreach"], lr=group["lr"], beta1=beta1,
+             beta2=beta2, weight_decay=group["weight_decay"])
+
+
+def lion(params, grads, exp_avgs, steps, *, foreach: bool | None = None, lr: float, beta1: float, beta2: float,
+         weight_decay: float) -> None:
+    """The Lion step on lists of tensors (fp32 momentum); ``foreach`` as in ``torch.optim.adamw.adamw``."""
+    if foreach is None:
+        foreach = default_foreach(params)
+    fn = _multi_tensor_lion if foreach else _single_tensor_lion
+    fn(params, grads, exp_avgs, steps, lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay)
 
 
 def _single_tensor_lion(params, grads, exp_avgs, steps, *, lr, beta1, beta2, weight_decay):

@@ -3,21 +3,53 @@
 Like timm's optimizer factory, there is no if/else chain anywhere: the Trainer integration, the CLI and
 the recipes all look optimizers up here. Third-party packages add their own through the entry-point group
 ``hf_foco.optimizers`` (the entry point loads an :class:`OptimizerSpec`, or a callable that registers).
+
+Two capability flags change how a trainer drives an optimizer; each comes with a small interface the
+optimizer implements, so the optimizer never has to know a trainer (FocoTrainer implements the other side):
+
+* ``needs_layer_hooks`` (:class:`LayerHookOptimizer`): built with ``model=``; the trainer calls
+  ``attach(prepared_model)`` once the model is wrapped, and, at the first micro-batch of every optimizer
+  step whose ``curvature_due`` is true, ``update_curvature(inputs)`` with that micro-batch.
+* ``needs_half_batch_grads`` (:class:`HalfBatchOptimizer`): the trainer splits every micro-batch in two
+  halves, backpropagates each on its own, leaves ``p.grad`` = the full-batch gradient (which it clips and
+  logs as usual) and, before ``step()``, calls ``receive_half_batch_difference(diffs)`` with g1 − g2 (the
+  mean-loss gradients of the two halves) for each of ``half_batch_params``.
 """
 
 from __future__ import annotations
 
-import difflib
 import inspect
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 import torch
+from torch import nn
+
+from ..hints import did_you_mean, unknown_names
 
 ENTRY_POINT_GROUP = "hf_foco.optimizers"
+
+
+class LayerHookOptimizer(Protocol):
+    """What an optimizer with ``needs_layer_hooks`` offers the trainer (see the module docstring)."""
+
+    def attach(self, model: nn.Module) -> None: ...
+
+    @property
+    def curvature_due(self) -> bool: ...
+
+    def update_curvature(self, inputs: Mapping[str, Any]) -> None: ...
+
+
+class HalfBatchOptimizer(Protocol):
+    """What an optimizer with ``needs_half_batch_grads`` offers the trainer (see the module docstring)."""
+
+    half_batch_params: Sequence[torch.Tensor]
+
+    def receive_half_batch_difference(self, diffs: Sequence[torch.Tensor | None]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -29,10 +61,12 @@ class OptimizerSpec:
         cls: a ``torch.optim.Optimizer`` subclass.
         defaults: hyperparameters applied before user overrides (the recommended GPT-2 setting).
         paper: citation shown by ``hf-foco optimizers`` and in model cards.
-        state_bytes_per_param: optimizer state per fp32 parameter, for tables and memory estimates.
-        needs_half_batch_grads: the trainer must produce two half-batch gradients per step (FOP).
-        needs_layer_hooks: the optimizer hooks model layers; it is built with ``model=`` and the trainer
-            calls ``optimizer.attach(model)`` once the model is wrapped (K-FAC, FOP).
+        state_bytes_per_param: optimizer state per fp32 parameter, for tables and memory estimates; None
+            when the state is not proportional to the parameters (K-FAC's Kronecker factors).
+        needs_half_batch_grads: the trainer hands over two half-batch gradients per step
+            (:class:`HalfBatchOptimizer`; FOP).
+        needs_layer_hooks: the optimizer hooks model layers and needs curvature batches
+            (:class:`LayerHookOptimizer`; K-FAC, FOP).
         supports_sharded_params: elementwise rules work on FSDP2 DTensors and DeepSpeed flat shards.
         description: when to use it, one line.
     """
@@ -65,12 +99,10 @@ class OptimizerSpec:
     def resolve_kwargs(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
         """Defaults merged with ``overrides``; an unknown key fails naming the valid ones."""
         valid = self.hyperparameter_names()
-        unknown = sorted(set(overrides) - valid)
+        unknown = set(overrides) - valid
         if unknown:
-            hints = [f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, valid, 1)) else repr(k)
-                     for k in unknown]
-            raise ValueError(f"Unknown hyperparameter(s) for optimizer {self.name!r}: {', '.join(hints)}. "
-                             f"Valid keys: {', '.join(sorted(valid))}.")
+            raise ValueError(f"Unknown hyperparameter(s) for optimizer {self.name!r}: "
+                             f"{unknown_names(unknown, valid)}. Valid keys: {', '.join(sorted(valid))}.")
         return {**self.defaults, **overrides}
 
 
@@ -126,10 +158,15 @@ def get_optimizer(name: str) -> OptimizerSpec:
     spec = _REGISTRY.get(name.lower()) if isinstance(name, str) else None
     if spec is None:
         known = sorted(_REGISTRY)
-        close = difflib.get_close_matches(str(name).lower(), known, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise KeyError(f"Unknown optimizer {name!r}.{hint} Known optimizers: {', '.join(known)}.")
+        raise KeyError(f"Unknown optimizer {name!r}.{did_you_mean(str(name).lower(), known)} Known optimizers: "
+                       f"{', '.join(known)}.")
     return spec
+
+
+def spec_of(optimizer: torch.optim.Optimizer) -> OptimizerSpec | None:
+    """The record whose class ``optimizer`` is an instance of (exactly), or None for unregistered classes."""
+    _load_entry_points()
+    return next((spec for spec in _REGISTRY.values() if type(optimizer) is spec.cls), None)
 
 
 def list_optimizers() -> list[OptimizerSpec]:

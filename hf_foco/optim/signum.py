@@ -27,14 +27,18 @@ class Signum(ElementwiseOptimizer):
         check_weight_decay(weight_decay)
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, foreach=foreach))
 
-
     def _apply(self, group, params, grads, states, steps):
-        foreach = group["foreach"]
-        if foreach is None:
-            foreach = default_foreach(params)
-        fn = _multi_tensor_signum if foreach else _single_tensor_signum
-        fn(params, grads, states["exp_avg"], steps, lr=group["lr"], momentum=group["momentum"],
-           weight_decay=group["weight_decay"])
+        signum(params, grads, states["exp_avg"], steps, foreach=group["foreach"], lr=group["lr"],
+               momentum=group["momentum"], weight_decay=group["weight_decay"])
+
+
+def signum(params, grads, exp_avgs, steps, *, foreach: bool | None = None, lr: float, momentum: float,
+           weight_decay: float) -> None:
+    """The Signum step on lists of tensors (fp32 momentum); ``foreach`` as in ``torch.optim.adamw.adamw``."""
+    if foreach is None:
+        foreach = default_foreach(params)
+    fn = _multi_tensor_signum if foreach else _single_tensor_signum
+    fn(params, grads, exp_avgs, steps, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
 def _single_tensor_signum(params, grads, exp_avgs, steps, *, lr, momentum, weight_decay):

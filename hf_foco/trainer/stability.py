@@ -8,12 +8,12 @@ go wrong the signs are a gradient's spikes, a collapsing or exploding update-to-
 * ``update_ratio`` = ||theta_after - theta_before|| / ||theta_before|| is measured only on steps that
   log (one parameter copy every ``logging_steps`` steps);
 * a loss spike is a logged loss more than ``spike_zscore`` standard deviations above the mean of the
-  trailing ``spike_window`` logged losses (spikes are kept out of the window);
+  trailing ``spike_window`` logged losses, by the rule of :mod:`.spikes` (the study reports use the same);
 * the guard checks the (clipped) gradients before every optimizer step: one fused norm over them. A
   non-finite loss gives non-finite gradients, so it is caught too. The step's gradients are dropped, so
-  the optimizer skips every parameter and its state does not advance; an optimizer that keeps gradients
-  outside ``p.grad`` gets ``skip_step()`` called to drop them (and must make the following ``step()``
-  a no-op). The step is counted. After
+  the optimizer skips every parameter and its state does not advance (an optimizer that was handed more,
+  like FOP's half-batch difference, must skip parameters without ``p.grad`` alike). The step is counted.
+  After
   ``max_bad_steps`` such steps in a row, :class:`TrainingDivergedError` stops training before anything
   is saved, so the last checkpoint is the last good one. (The LR schedule still advances on a skipped
   step, as it does on fp16 overflow steps.)
@@ -27,13 +27,13 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections import deque
 
 import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-STABILITY_FILE = "stability.json"
+from ..artifacts.files import STABILITY_FILE
+from .spikes import DEFAULT_WINDOW, DEFAULT_ZSCORE, SpikeDetector, check_spike_settings
 
 
 class TrainingDivergedError(RuntimeError):
@@ -61,16 +61,17 @@ def _norms(tensors: list[torch.Tensor]) -> torch.Tensor:
 class StabilityCallback(TrainerCallback, ExportableState):
     """Grad-norm / update-ratio / loss-spike logging and a non-finite-update guard (see module docstring)."""
 
-    def __init__(self, spike_window: int = 50, spike_zscore: float = 6.0, max_bad_steps: int = 5):
-        if spike_window < 2 or spike_zscore <= 0 or max_bad_steps < 1:
-            raise ValueError(f"StabilityCallback needs spike_window >= 2, spike_zscore > 0 and max_bad_steps >= 1; "
-                             f"got {spike_window}, {spike_zscore}, {max_bad_steps}.")
+    def __init__(self, spike_window: int = DEFAULT_WINDOW, spike_zscore: float = DEFAULT_ZSCORE,
+                 max_bad_steps: int = 5):
+        check_spike_settings(spike_window, spike_zscore)
+        if max_bad_steps < 1:
+            raise ValueError(f"StabilityCallback needs max_bad_steps >= 1, got {max_bad_steps}.")
         self.spike_window, self.spike_zscore, self.max_bad_steps = spike_window, spike_zscore, max_bad_steps
-        self.losses: deque[float] = deque(maxlen=spike_window)
+        self.detector = SpikeDetector(spike_window, spike_zscore)
         self.skipped_steps: list[int] = []
         self.consecutive_bad = 0
         self.spikes: list[dict] = []
-        self.max_grad_norm_seen = 0.0
+        self.max_grad_norm_seen: float | None = None
         self.last_update_ratio: float | None = None
         self._before: list[torch.Tensor] | None = None
         self._pending_ratio: float | None = None
@@ -91,12 +92,6 @@ class StabilityCallback(TrainerCallback, ExportableState):
         if not torch.isfinite(_norms([p.grad for p in params]).sum()):
             for p in params:
                 p.grad = None  # every optimizer skips a parameter without a gradient: no state change
-            from .trainer import unwrap_optimizer
-
-            # An optimizer that keeps gradients of its own (FOP's half-batch stash) drops them here.
-            skip_step = getattr(unwrap_optimizer(optimizer), "skip_step", None)
-            if skip_step is not None:
-                skip_step()
             step = state.global_step + 1
             self.skipped_steps.append(step)
             self.consecutive_bad += 1
@@ -135,26 +130,16 @@ class StabilityCallback(TrainerCallback, ExportableState):
             self._pending_ratio = None
         grad_norm = logs.get("grad_norm")
         if grad_norm is not None and math.isfinite(grad_norm):
-            self.max_grad_norm_seen = max(self.max_grad_norm_seen, grad_norm)
+            self.max_grad_norm_seen = max(self.max_grad_norm_seen or 0.0, grad_norm)
         loss = logs["loss"]
-        if math.isfinite(loss):
-            z = self._zscore(loss)
-            if z is not None:
-                fields["loss_zscore"] = z
-            if z is not None and z > self.spike_zscore:
-                self.spikes.append({"step": state.global_step, "loss": loss, "zscore": z})
-            else:
-                self.losses.append(loss)
+        z, spike = self.detector.observe(loss)
+        if z is not None:
+            fields["loss_zscore"] = z
+        if spike:
+            self.spikes.append({"step": state.global_step, "loss": loss, "zscore": z})
         logs.update(fields)
         if state.log_history and state.log_history[-1].get("step") == state.global_step:
             state.log_history[-1].update(fields)
-
-    def _zscore(self, loss: float) -> float | None:
-        if len(self.losses) < min(self.spike_window, 5):
-            return None
-        mean = sum(self.losses) / len(self.losses)
-        std = math.sqrt(sum((x - mean) ** 2 for x in self.losses) / (len(self.losses) - 1))
-        return (loss - mean) / max(std, 1e-6 * abs(mean), 1e-12)
 
     def on_train_end(self, args, state, control, **kwargs):
         summary = self.write_summary(args, state)
@@ -185,11 +170,14 @@ class StabilityCallback(TrainerCallback, ExportableState):
     def state(self) -> dict:
         return {"args": {"spike_window": self.spike_window, "spike_zscore": self.spike_zscore,
                          "max_bad_steps": self.max_bad_steps},
-                "attributes": {"losses": list(self.losses), "skipped_steps": self.skipped_steps,
+                "attributes": {"losses": self.losses, "skipped_steps": self.skipped_steps,
                                "spikes": self.spikes, "max_grad_norm_seen": self.max_grad_norm_seen}}
 
-    @classmethod
-    def from_state(cls, state: dict) -> StabilityCallback:
-        instance = super().from_state(state)
-        instance.losses = deque(instance.losses, maxlen=instance.spike_window)
-        return instance
+    @property
+    def losses(self) -> list[float]:
+        """The spike window's losses (a checkpointed attribute: the Trainer restores it by assignment)."""
+        return list(self.detector.history)
+
+    @losses.setter
+    def losses(self, values) -> None:
+        self.detector = SpikeDetector(self.spike_window, self.spike_zscore, values)

@@ -1,47 +1,95 @@
 """``FocoTrainer``: the transformers ``Trainer`` with hf_foco's optimizers, stability monitor and LM metrics.
 
-Only three things differ from ``Trainer``; the training loop (gradient accumulation, clipping with
-``max_grad_norm``, every LR scheduler, bf16/fp16, checkpoints and resume) is transformers' own.
+The training loop (gradient accumulation, clipping with ``max_grad_norm``, every LR scheduler, bf16/fp16,
+checkpoints and resume) is transformers' own. What differs:
 
-* Optimizer: for a registry ``--optim`` the parameters are grouped by
-  :func:`hf_foco.optim.param_groups` with ``args.weight_decay_policy`` (nanoGPT's by default: decay on
-  >= 2-D weights only, so embeddings are decayed and biases/LayerNorm gains are not) and the optimizer is
-  built with :meth:`FocoTrainingArguments.optimizer_kwargs`. Native names take the stock path.
-* Optimizers with special training steps: those that need layer hooks are built with ``model=``; before
-  their first step the trainer calls ``optimizer.attach(prepared_model)``; an optimizer with a
-  ``training_step(trainer, model, inputs, num_items_in_batch)`` method replaces the forward/backward of
-  :meth:`training_step` (FOP's two half-batch gradients). Clipping, scheduler and ``step()`` stay the
-  Trainer's. When the stability monitor skips a non-finite step it sets every ``p.grad`` to None and
-  calls the optimizer's ``skip_step()`` if it has one (to drop gradients it stashed itself).
+* Optimizer: for a registry ``--optim`` the parameters are grouped by :func:`hf_foco.optim.param_groups`
+  with ``args.weight_decay_policy`` (nanoGPT's by default: decay on >= 2-D weights only, so embeddings
+  are decayed and biases/LayerNorm gains are not) and the optimizer is built with
+  :meth:`FocoTrainingArguments.optimizer_kwargs`. Native names take the stock path.
+* Optimizers the registry marks as needing more than gradients (:mod:`hf_foco.optim.registry`): for
+  ``needs_layer_hooks`` the trainer attaches the prepared model once and, at the first micro-batch of
+  each optimizer step the optimizer says is due, hands it that micro-batch for its curvature. For
+  ``needs_half_batch_grads`` :meth:`training_step` runs the *half-batch step*: each micro-batch is cut in
+  two halves (:func:`split_in_halves`), each half has its own forward and backward into its own gradient
+  buffer (swapped into ``p.grad``, so DDP averages each half over ranks in its own all-reduce, at no
+  extra cost), and ``p.grad`` ends as the sum of both, the full-batch gradient that the loop clips, logs
+  and steps with. At the last micro-batch of the step the optimizer receives g1 − g2 (each half's
+  buffer divided by its share of the step's loss weight). Clipping, scheduler and ``step()`` stay the
+  Trainer's.
 * ``--gradient_compression NAME``: before the first step of a multi-process DDP run the trainer registers
   that communication hook (:func:`hf_foco.distributed.register_compression`) and adds ``comm_bytes`` and
   ``comm_ratio`` (bytes sent / an fp32 all-reduce's) to the logs. A single process has nothing to compress
   (a warning says so); FSDP has no DDP hook (a clear error says so).
-* Defaults: a :class:`StabilityCallback` (unless ``--stability_monitor false``) and, when no
+* Defaults: a :class:`StabilityCallback` (unless ``--stability_monitor false``), the top Hessian eigenvalue
+  with ``--hessian_every_n_steps``, a ``wall_time_s`` stamp on every log entry, and, when no
   ``compute_metrics`` is given, next-token accuracy and perplexity from the packaged evaluate module.
-  ``create_model_card`` / ``push_to_hub`` write and upload a pretraining card (see :mod:`.push`).
+  ``create_model_card`` / ``push_to_hub`` write and upload a pretraining card (:mod:`hf_foco.artifacts`).
 """
 
 from __future__ import annotations
 
+import time
+
 import torch
 from accelerate.optimizer import AcceleratedOptimizer
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 from transformers.loss.loss_utils import ForCausalLMLoss
 from transformers.utils import logging
 
 from ..distributed import register_compression
-from ..optim import create_optimizer
+from ..optim import create_optimizer, spec_of
 from .arguments import is_registry_optim
 from .evaluation import LMMetrics, preprocess_logits_for_lm_metrics
+from .sharpness import HessianEigenvalueCallback
 from .stability import StabilityCallback, monitor_of
 
 logger = logging.get_logger(__name__)
+
+WALL_TIME_KEY = "wall_time_s"
 
 
 def unwrap_optimizer(optimizer):
     """The torch optimizer under accelerate's wrapper (which passes no custom attribute through)."""
     return optimizer.optimizer if isinstance(optimizer, AcceleratedOptimizer) else optimizer
+
+
+def split_in_halves(inputs: dict) -> tuple[tuple[dict, float], tuple[dict, float]]:
+    """The micro-batch cut in two along dim 0, each half with its share of the examples.
+
+    Anything without the batch dimension (scalars, non-tensors) goes to both halves. Rule for an odd
+    micro-batch (the last, short batch of an epoch without ``dataloader_drop_last``): halves of n//2 and
+    n − n//2 examples, each loss weighted by its share, so the full-batch gradient stays exact. A
+    micro-batch of one example cannot be split.
+    """
+    sizes = [v.shape[0] for v in inputs.values() if isinstance(v, torch.Tensor) and v.dim() > 0]
+    if not sizes:
+        raise ValueError("The half-batch step found no batch dimension in the inputs (no tensor with dim >= 1).")
+    n = sizes[0]
+    if n < 2:
+        raise ValueError(f"The half-batch step splits every micro-batch into two halves, but this one holds {n} "
+                         "example: use per_device_train_batch_size >= 2 (even) and --dataloader_drop_last true.")
+
+    def cut(part: slice) -> dict:
+        return {k: v[part] if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == n else v
+                for k, v in inputs.items()}
+
+    return (cut(slice(0, n // 2)), (n // 2) / n), (cut(slice(n // 2, n)), (n - n // 2) / n)
+
+
+class WallClock(TrainerCallback):
+    """Stamps ``wall_time_s`` (seconds since training began) on each log entry as it is written, so curves can
+    be drawn against wall time, evaluation pauses included (the Trainer logs no timestamps)."""
+
+    def __init__(self):
+        self.start: float | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.perf_counter()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.start is not None and state.log_history:
+            state.log_history[-1][WALL_TIME_KEY] = time.perf_counter() - self.start
 
 
 class FocoTrainer(Trainer):
@@ -55,7 +103,14 @@ class FocoTrainer(Trainer):
         if getattr(self.args, "stability_monitor", True) and monitor_of(self) is None:
             # First in line, so the fields it adds to the logs reach the reporting callbacks too.
             self.callback_handler.callbacks.insert(0, StabilityCallback.from_args(self.args))
+        if getattr(self.args, "hessian_every_n_steps", 0):
+            self.add_callback(HessianEigenvalueCallback(self.args.hessian_every_n_steps, self.args.hessian_iterations,
+                                                        self.args.hessian_batch_size))
+        self.add_callback(WallClock())
         self._attached_optimizer = None
+        self._curvature_step: int | None = None  # the optimizer step whose curvature batch was handed over
+        self._halves: dict[torch.Tensor, list] = {}  # parameter -> [half-1 buffer, half-2 buffer]
+        self._half_shares = [0.0, 0.0]  # each half's share of the step's loss weight so far
         self.compression = None  # the CompressionState once the hook is registered
         self._compression_checked = False
         if not self._loss_shifts_labels and getattr(self.model, "loss_function", None) is ForCausalLMLoss:
@@ -91,21 +146,77 @@ class FocoTrainer(Trainer):
             logs = {**logs, "comm_bytes": self.compression.bytes_sent, "comm_ratio": self.compression.ratio}
         super().log(logs, *args, **kwargs)
 
+    # -- the training step ----------------------------------------------------------------------------------
+
     def training_step(self, model, inputs, num_items_in_batch=None):
         self._register_compression(model)
         optimizer = unwrap_optimizer(self.optimizer)
-        if self._attached_optimizer is not optimizer:
-            if hasattr(optimizer, "attach"):
-                optimizer.attach(model)
-            self._attached_optimizer = optimizer
-        if hasattr(optimizer, "training_step"):
-            model.train()
-            return optimizer.training_step(self, model, inputs, num_items_in_batch)
+        spec = spec_of(optimizer)
+        if spec is None or not (spec.needs_layer_hooks or spec.needs_half_batch_grads):
+            return super().training_step(model, inputs, num_items_in_batch)
+        if spec.needs_layer_hooks:
+            self._feed_curvature(optimizer, model, inputs)
+        if spec.needs_half_batch_grads:
+            return self._half_batch_step(optimizer, model, inputs, num_items_in_batch)
         return super().training_step(model, inputs, num_items_in_batch)
+
+    def _feed_curvature(self, optimizer, model, inputs) -> None:
+        """Attach the prepared model once; hand the first micro-batch of a due step to the curvature."""
+        if self._attached_optimizer is not optimizer:
+            optimizer.attach(model)
+            self._attached_optimizer = optimizer
+        if self._curvature_step != self.state.global_step:
+            self._curvature_step = self.state.global_step
+            if optimizer.curvature_due:
+                model.train()
+                optimizer.update_curvature(self._prepare_inputs(inputs))
+
+    def _half_batch_step(self, optimizer, model, inputs, num_items_in_batch) -> torch.Tensor:
+        """Two forwards and backwards, one per half, each into its own gradient buffer (module docstring)."""
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel) and model.gradient_as_bucket_view:
+            raise ValueError("The half-batch step swaps p.grad between two buffers, which DDP's "
+                             "gradient_as_bucket_view=True forbids: leave gradient_as_bucket_view off.")
+        params = optimizer.half_batch_params
+        inputs = self._prepare_inputs(inputs)
+        loss = 0.0
+        for index, (half, share) in enumerate(split_in_halves(inputs)):
+            for p in params:
+                p.grad = self._halves.setdefault(p, [None, None])[index]
+            loss = loss + self._half_backward(model, half, num_items_in_batch, share)
+            self._half_shares[index] += share / self.current_gradient_accumulation_steps
+            for p in params:
+                self._halves[p][index] = p.grad
+        for p in params:
+            first, second = self._halves[p]
+            p.grad = second if first is None else first if second is None else first + second
+        if self.accelerator.sync_gradients:  # the last micro-batch of the optimizer step
+            (s1, s2), halves = self._half_shares, self._halves
+            optimizer.receive_half_batch_difference([
+                None if a is None or b is None else a / s1 - b / s2 for a, b in (halves[p] for p in params)])
+            self._halves, self._half_shares = {}, [0.0, 0.0]
+        return loss
+
+    def _half_backward(self, model, inputs, num_items_in_batch, share: float) -> torch.Tensor:
+        """Trainer.training_step's loss and backward for a piece holding ``share`` of the micro-batch."""
+        model.train()
+        with self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
+        if self.args.n_gpu > 1:
+            loss = loss.mean()
+        scaled = self.loss_is_scaled_for_ga
+        if scaled is None:
+            scaled = (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or \
+                self.compute_loss_func is not None
+        if not scaled:  # a mean over the piece: weigh it by the piece's share of the micro-batch
+            loss = loss * share / self.current_gradient_accumulation_steps
+        self.accelerator.backward(loss)
+        return loss.detach()
+
+    # -- the finished run -----------------------------------------------------------------------------------
 
     def create_model_card(self, *args, dataset_info: dict | None = None, **kwargs):
         """The pretraining card of :func:`write_run_artifacts` (transformers' would call it a fine-tune)."""
-        from .artifacts import write_run_artifacts
+        from .record import write_run_artifacts
 
         if self.is_world_process_zero():
             write_run_artifacts(self, dataset_info=dataset_info)
@@ -114,8 +225,8 @@ class FocoTrainer(Trainer):
                     token: str | None = None, revision: str | None = None, private: bool | None = None,
                     dataset_info: dict | None = None, **kwargs):
         """Save, write the run's artifacts and upload exactly the files :func:`push_run` lists."""
-        from .artifacts import write_run_artifacts
-        from .push import ensure_online, push_run
+        from ..artifacts.push import ensure_online, push_run
+        from .record import write_run_artifacts
 
         repo_id = self.args.hub_model_id or self.hub_model_id
         if repo_id is None:

@@ -16,7 +16,7 @@ import numpy as np
 IGNORE_INDEX = -100
 
 
-class LMMetrics(evaluate.Metric):
+class NextTokenMetric(evaluate.Metric):
     def _info(self):
         return evaluate.MetricInfo(
             description=__doc__,

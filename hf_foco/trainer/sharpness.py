@@ -1,6 +1,6 @@
 """Is the LLM loss a narrowing valley? Track the top Hessian eigenvalue (sharpness) along training.
 
-FOCUS is motivated by a valley that narrows as training proceeds (see ``hf_foco.valley``): if the LLM loss
+FOCUS is motivated by a valley that narrows as training proceeds (see :mod:`hf_foco.valley`): if the LLM loss
 behaves like that, the largest curvature along the trajectory should keep growing. The callback here
 estimates it every ``every_n_steps`` steps by power iteration on Hessian-vector products (double
 backward through the loss of one fixed batch), and appends ``{"top_hessian_eigenvalue": ..., "step": ...}``
@@ -22,26 +22,24 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import TrainerCallback
 
+from ..tensorlist import dot
+
 EIGENVALUE_KEY = "top_hessian_eigenvalue"
 DEFAULT_ITERATIONS = 8
 DEFAULT_BATCH_SIZE = 4
-
-
-def _dot(xs: list[torch.Tensor], ys: list[torch.Tensor]) -> torch.Tensor:
-    return sum((x.float() * y.float()).sum() for x, y in zip(xs, ys))
 
 
 def _power_iteration(hvp, params: list[torch.Tensor], num_iterations: int, seed: int, shift: float) -> float:
     """Dominant eigenvalue of H - shift * I by power iteration from a seeded random start."""
     generator = torch.Generator().manual_seed(seed)
     v = [torch.randn(p.shape, generator=generator).to(p) for p in params]
-    norm = _dot(v, v).sqrt()
+    norm = dot(v, v).sqrt()
     v = [x / norm for x in v]
     eigenvalue = math.nan
     for _ in range(num_iterations):
         hv = [h - shift * x for h, x in zip(hvp(v), v)]
-        eigenvalue = _dot(v, hv).item()  # Rayleigh quotient, ||v|| = 1
-        norm = _dot(hv, hv).sqrt()
+        eigenvalue = dot(v, hv).item()  # Rayleigh quotient, ||v|| = 1
+        norm = dot(hv, hv).sqrt()
         if not torch.isfinite(norm) or norm == 0:
             break
         v = [h / norm for h in hv]

@@ -222,19 +222,3 @@ def damped_inverses(a: torch.Tensor, g: torch.Tensor, damping: float) -> tuple[t
 def _spd_inverse(mat: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     eye = torch.eye(mat.shape[0], dtype=mat.dtype, device=mat.device)
     return torch.cholesky_inverse(torch.linalg.cholesky(mat + shift * eye))
-
-
-def all_reduce_mean(tensors: Sequence[torch.Tensor]) -> None:
-    """Average ``tensors`` in place over the default process group (one coalesced call); no-op when alone."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return
-    world = torch.distributed.get_world_size()
-    if world == 1 or not tensors:
-        return
-    flat = torch.cat([t.reshape(-1) for t in tensors])
-    torch.distributed.all_reduce(flat)
-    flat /= world
-    offset = 0
-    for t in tensors:
-        t.copy_(flat[offset:offset + t.numel()].view_as(t))
-        offset += t.numel()

@@ -8,11 +8,8 @@ touches anything, and says how to push later.
 
 from __future__ import annotations
 
-import argparse
 import fnmatch
-import json
 import os
-import sys
 from pathlib import Path
 
 UPLOAD_PATTERNS = (
@@ -23,7 +20,7 @@ UPLOAD_PATTERNS = (
 )
 
 
-class PushError(RuntimeError):
+class PushError(ValueError):
     """A push that cannot happen; the message says why and what to do."""
 
 
@@ -43,8 +40,9 @@ def ensure_online(output_dir, repo_id) -> None:
 
 def _offline_error(output_dir, repo_id) -> PushError:
     return PushError(f"Cannot push {output_dir} to {repo_id}: HF_HUB_OFFLINE=1 forbids network access. The local run "
-                     f"is unchanged; on a machine with network access run `hf-foco push {output_dir} --repo-id "
-                     f"{repo_id}` (unset HF_HUB_OFFLINE and log in with `hf auth login` first).")
+                     "is unchanged (train without --push_to_hub to keep it local); on a machine with network access "
+                     f"run `hf-foco push {output_dir} --repo-id {repo_id}` (unset HF_HUB_OFFLINE and log in with "
+                     "`hf auth login` first).")
 
 
 def push_run(output_dir: str | os.PathLike, repo_id: str, *, token: str | None = None, private: bool | None = None,
@@ -52,7 +50,7 @@ def push_run(output_dir: str | os.PathLike, repo_id: str, *, token: str | None =
              write_artifacts: bool = True, dataset_info: dict | None = None):
     """Create ``repo_id`` if needed and upload :func:`files_to_upload`; returns the ``CommitInfo``.
 
-    ``write_artifacts`` first (re)writes the card, loss curve and summary with :func:`write_run_artifacts`.
+    ``write_artifacts`` first (re)writes the card and loss curve with :func:`hf_foco.artifacts.render_run`.
     """
     from huggingface_hub import CommitOperationAdd, HfApi
     from huggingface_hub.errors import OfflineModeIsEnabled
@@ -65,9 +63,9 @@ def push_run(output_dir: str | os.PathLike, repo_id: str, *, token: str | None =
         raise PushError(f"{out} holds no saved model (safetensors weights and config.json): run "
                         "trainer.save_model() at the end of training, or pass the right directory.")
     if write_artifacts:
-        from .artifacts import write_run_artifacts
+        from . import render_run
 
-        write_run_artifacts(out, dataset_info=dataset_info, repo_id=repo_id)
+        render_run(out, dataset_info=dataset_info, repo_id=repo_id)
     api = HfApi(token=token)
     try:
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
@@ -77,24 +75,3 @@ def push_run(output_dir: str | os.PathLike, repo_id: str, *, token: str | None =
                                  revision=revision, repo_type="model")
     except OfflineModeIsEnabled:
         raise _offline_error(output_dir, repo_id) from None
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("output_dir", help="output directory of a finished run")
-    parser.add_argument("--repo-id", required=True, help="Hub repository, USER/NAME")
-    parser.add_argument("--private", action="store_true", help="create the repository private")
-    parser.add_argument("--revision", default=None, help="branch to push to")
-    parser.add_argument("--token", default=None, help="Hub token (default: the logged-in one)")
-    parser.add_argument("--dataset-info", type=json.loads, default=None,
-                        help="JSON dict describing the training data, shown in the card")
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        commit = push_run(args.output_dir, args.repo_id, token=args.token, private=args.private or None,
-                          revision=args.revision, dataset_info=args.dataset_info)
-    except (PushError, FileNotFoundError) as err:
-        print(f"hf-foco push: error: {err}", file=sys.stderr)
-        return 1
-    print(f"Pushed {args.output_dir} to {getattr(commit, 'commit_url', args.repo_id)}")
-    return 0

@@ -1,44 +1,22 @@
-"""FOP (Lu & Armour, AAAI-26, arXiv 2508.13898) and K-FAC for transformers models.
+"""K-FAC and FOP as ``torch.optim.Optimizer`` classes for transformers models.
 
-Both precondition every ``nn.Linear`` / ``Conv1D`` found by :func:`hf_foco.optim.kfac.find_layers` with its
-K-FAC Fisher F = A ⊗ G, and train every other parameter (embeddings, the tied lm_head, LayerNorms) with
-AdamW, as the FOP paper does for ViT. One machinery serves both: ``kfac`` is FOP with β* = 0 and no split.
+Both precondition every ``nn.Linear`` / ``Conv1D`` found by :func:`~.curvature.find_layers` with its K-FAC
+Fisher F = A ⊗ G (:mod:`.curvature`), and train every other parameter (embeddings, the tied lm_head,
+LayerNorms) with AdamW, as the FOP paper does for ViT. One machinery serves both: ``kfac`` is FOP with
+β* = 0 and no half-batch split (FOP's arithmetic: :mod:`.fop`).
 
-FOP, per layer (weight and bias share one β* and one η*), from the two half-batch gradients g1, g2::
+Outer update (the paper's code): SGD with momentum 0.9 on the preconditioned direction u, then decoupled
+weight decay. The weight decay of the K-FAC groups is rescaled by ``adamw_lr / lr`` so every parameter
+shrinks at the AdamW baseline's per-step rate (the scheduler scales both groups' learning rates alike).
+``max_update_norm`` optionally clips the total norm of u over all K-FAC layers (the paper clips the
+preconditioned update).
 
-    g_avg = (g1 + g2)/2 ;  g_diff = g1 − g2
-    s  = <g_diff, F g_avg> / <g_avg, F g_avg>            (0 when the denominator is 0)
-    g⊥ = g_diff − s·g_avg                                 (Fisher-orthogonal to g_avg)
-    β* = clamp(<g_avg, F⁻¹ g⊥> / <g⊥, F⁻¹ g⊥>, ±beta_max)
-    g_comb = g_avg + β*·g⊥
-    η* = clamp(<g_avg, F⁻¹ g_comb> / <g_comb, F⁻¹ g_comb>, 0, eta_max)
-    u  = η*·F⁻¹ g_comb
-
-F·v uses the undamped running-average factors, F⁻¹·v the damped inverses.
-
-Conventions (the paper's text and its code differ; we chose):
-
-* η* uses g_tot = g_avg, not the official code's g_tot = g1 + g2 = 2·g_avg. With β* = 0 this gives η* = 1,
-  so FOP with ``beta_max=0`` *is* K-FAC at the same ``lr`` (tested), the learning rate keeps its K-FAC
-  meaning, and one LR sweep transfers between ``kfac`` and ``fop``. (The official convention doubles
-  every step and would need half the LR.)
-* β* is clamped to [−0.5, 0.5] (the official value): at β* = ±0.5 with s = 0, g_comb is one half-batch
-  gradient alone, so the combination never extrapolates beyond the two measured gradients.
-* η* is clamped to [0, 2]: never a step against the combined direction, at most twice K-FAC's step.
-
-Outer update (the paper's code): SGD with momentum 0.9 on u, then decoupled weight decay. The weight
-decay of the K-FAC groups is rescaled by ``adamw_lr / lr`` so every parameter shrinks at the AdamW
-baseline's per-step rate (the scheduler scales both groups' learning rates alike). ``max_update_norm``
-optionally clips the total norm of u over all K-FAC layers (the paper clips the preconditioned update).
-
-Gradients. :meth:`training_step` (called by FocoTrainer instead of its own) runs each half of the
-micro-batch through its own forward and ``accelerator.backward``, accumulating each half in its own buffer
-by swapping ``p.grad`` (so DDP averages each half over ranks in its own all-reduce, at no extra cost), and
-leaves ``p.grad = half1 + half2``, the full-batch gradient the Trainer clips and logs. Clipping multiplies
-g_avg by c but not g_diff; then s → s/c, g⊥ is unchanged, β* → c·β*, g_comb → c·g_comb and η* is unchanged,
-so the step is exactly c times the unclipped FOP step (tested). K-FAC factors are refreshed every
-``update_freq`` optimizer steps on the first micro-batch, from labels sampled from the model, and averaged
-over ranks.
+How a trainer drives them (the interfaces of :mod:`hf_foco.optim.registry`; FocoTrainer implements them):
+:meth:`attach` the prepared model; at the first micro-batch of a step whose :attr:`curvature_due` is true,
+:meth:`update_curvature` (factors from labels sampled from the model, averaged over data-parallel ranks,
+folded into the running averages every ``update_freq`` steps); for FOP, before ``step()``,
+:meth:`FOP.receive_half_batch_difference` with g1 − g2 of its :attr:`half_batch_params`. A plain loop can
+do the same by hand.
 
 State (factors, inverses, momentum, AdamW moments, the last β*/η*) is tensors in ``self.state``, so
 ``optimizer.pt`` loads with ``weights_only=True``. FSDP and DeepSpeed are refused: they shard or flatten
@@ -47,131 +25,29 @@ the weight matrices the Kronecker factors act on.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
 from torch.optim.adamw import adamw
 
-from .base import closure_loss
-from .kfac import (
-    DEFAULT_EXCLUDE,
-    KFACLayer,
-    all_reduce_mean,
-    damped_inverses,
-    find_layers,
-    sample_fisher_factors,
-    unwrap,
-)
-from .validation import check_betas, check_lr, check_unit_interval, check_weight_decay
+from ...distributed import all_reduce_mean, refuse_sharding
+from ...tensorlist import dot
+from ..base import closure_loss
+from ..validation import check_betas, check_lr, check_unit_interval, check_weight_decay
+from .curvature import DEFAULT_EXCLUDE, KFACLayer, damped_inverses, find_layers, sample_fisher_factors, unwrap
+from .fop import fop_update
 
 # Kept in fp32 whatever the parameter dtype (bf16 factors give broken Cholesky factors).
 FP32_STATE = ("A", "G", "A_inv", "G_inv", "bias_inv", "momentum_buffer", "beta", "eta")
-
-
-def _dot(xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]) -> torch.Tensor:
-    return sum((x.float() * y.float()).sum() for x, y in zip(xs, ys))
 
 
 def _grad_or_zeros(p: torch.Tensor, grad: torch.Tensor | None) -> torch.Tensor:
     return torch.zeros_like(p) if grad is None else grad
 
 
-def _safe_ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
-    return torch.where(den > 0, num / den.clamp_min(torch.finfo(torch.float32).tiny), torch.zeros_like(num))
-
-
-def fisher_orthogonal_component(layer: KFACLayer, g_avg, g_diff, a: torch.Tensor, g: torch.Tensor):
-    """g⊥ = g_diff − s·g_avg with s chosen so that <g⊥, F g_avg> = 0 (F = A ⊗ G, undamped)."""
-    f_avg = layer.kron_apply(g_avg, a, g)
-    s = _safe_ratio(_dot(g_diff, f_avg), _dot(g_avg, f_avg))
-    return [d.float() - s * x.float() for d, x in zip(g_diff, g_avg)]
-
-
-def fop_update(layer: KFACLayer, g_avg, g_diff, state: dict, beta_max: float, eta_max: float):
-    """(u, β*, η*) for one layer, u = η*·F⁻¹(g_avg + β*·g⊥); see the module docstring."""
-    g_perp = fisher_orthogonal_component(layer, g_avg, g_diff, state["A"], state["G"])
-    p_avg = layer.kron_apply(g_avg, state["A_inv"], state["G_inv"], state["bias_inv"])
-    p_perp = layer.kron_apply(g_perp, state["A_inv"], state["G_inv"], state["bias_inv"])
-    aa, ap, pp = _dot(g_avg, p_avg), _dot(g_avg, p_perp), _dot(g_perp, p_perp)
-    beta = _safe_ratio(ap, pp).clamp(-beta_max, beta_max)
-    eta = _safe_ratio(aa + beta * ap, aa + 2 * beta * ap + beta * beta * pp).clamp(0.0, eta_max)
-    return [eta * (x + beta * y) for x, y in zip(p_avg, p_perp)], beta, eta
-
-
-def split_in_halves(inputs: dict) -> tuple[tuple[dict, float], tuple[dict, float]]:
-    """The micro-batch cut in two along dim 0, each half with its share of the examples.
-
-    Anything without the batch dimension (scalars, non-tensors) goes to both halves. Rule for an odd
-    micro-batch (the last, short batch of an epoch without ``dataloader_drop_last``): halves of n//2 and
-    n − n//2 examples, each loss weighted by its share, so the full-batch gradient stays exact and g1 − g2
-    is off by at most one example's weight. A micro-batch of one example cannot be split.
-    """
-    sizes = [v.shape[0] for v in inputs.values() if isinstance(v, torch.Tensor) and v.dim() > 0]
-    if not sizes:
-        raise ValueError("FOP could not find a batch dimension in the inputs (no tensor with dim >= 1).")
-    n = sizes[0]
-    if n < 2:
-        raise ValueError(f"FOP splits every micro-batch into two halves, but this one holds {n} example: use "
-                         "per_device_train_batch_size >= 2 (even) and --dataloader_drop_last true.")
-
-    def cut(part: slice) -> dict:
-        return {k: v[part] if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == n else v
-                for k, v in inputs.items()}
-
-    return (cut(slice(0, n // 2)), (n // 2) / n), (cut(slice(n // 2, n)), (n - n // 2) / n)
-
-
-def _backward(trainer, model, inputs, num_items_in_batch, share: float = 1.0) -> torch.Tensor:
-    """Trainer.training_step's loss scaling and backward, for a piece holding ``share`` of a micro-batch."""
-    with trainer.compute_loss_context_manager():
-        loss = trainer.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
-    if trainer.args.n_gpu > 1:
-        loss = loss.mean()
-    scaled = getattr(trainer, "loss_is_scaled_for_ga", None)
-    if scaled is None:
-        scaled = (trainer.model_accepts_loss_kwargs and num_items_in_batch is not None) or \
-            trainer.compute_loss_func is not None
-    if not scaled:  # a mean over the piece: weigh it by the piece's share of the micro-batch
-        loss = loss * share / trainer.current_gradient_accumulation_steps
-    trainer.accelerator.backward(loss)
-    return loss.detach()
-
-
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").lower() in ("1", "true", "yes")
-
-
-def sharding_in_use(model: nn.Module | None = None) -> str | None:
-    """``"DeepSpeed"`` or ``"FSDP"`` when ``model`` is sharded, or will be by the launcher (accelerate launch
-    exports ACCELERATE_USE_DEEPSPEED / ACCELERATE_USE_FSDP); None otherwise."""
-    if _env_flag("ACCELERATE_USE_DEEPSPEED") or type(model).__name__ == "DeepSpeedEngine":
-        return "DeepSpeed"
-    if _env_flag("ACCELERATE_USE_FSDP") or type(model).__name__ == "FullyShardedDataParallel" or (
-            model is not None and any(type(p).__name__ == "DTensor" for p in model.parameters())):
-        return "FSDP"
-    return None
-
-
-_SHARDING_REASONS = {"DeepSpeed": "DeepSpeed hands the optimizer flattened parameter shards",
-                     "FSDP": "FSDP shards the weight matrices into DTensors"}
-
-
-def refuse_sharding(model: nn.Module, who: str) -> None:
-    """Raise when the model is (or will be) FSDP-sharded or handled by DeepSpeed."""
-    backend = sharding_in_use(model)
-    if backend:
-        raise ValueError(f"{who} preconditions whole weight matrices with Kronecker factors, but "
-                         f"{_SHARDING_REASONS[backend]}. Train it with plain data parallelism (accelerate launch "
-                         "--multi_gpu, no FSDP/DeepSpeed config) or choose an elementwise optimizer such as foco or "
-                         "adamw.")
-
-
 class _KroneckerOptimizer(torch.optim.Optimizer):
-    """Shared machinery of FOP and K-FAC; subclasses set ``split_batch``."""
-
-    split_batch = False
+    """Shared machinery of FOP and K-FAC."""
 
     def __init__(self, params, model: nn.Module, *, lr, momentum, adamw_lr, betas, eps, weight_decay, damping,
                  factor_ema, update_freq, max_update_norm, exclude):
@@ -206,9 +82,6 @@ class _KroneckerOptimizer(torch.optim.Optimizer):
         defaults = dict(lr=lr, momentum=momentum, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                         kfac=False)
         super().__init__(self._split_groups(params, kfac_ids, lr, adamw_lr, weight_decay), defaults)
-        self._kfac_params = [p for layer in self.layers for p in layer.params()]
-        self._halves: dict[torch.Tensor, list] = {}
-        self._cycle_open = False
         self.attach(model)
 
     @staticmethod
@@ -246,10 +119,6 @@ class _KroneckerOptimizer(torch.optim.Optimizer):
         """Resolve the preconditioned layers by module name in the (prepared, possibly DDP-wrapped) model."""
         who = type(self).__name__
         refuse_sharding(model, who)
-        if self.split_batch and isinstance(model, nn.parallel.DistributedDataParallel) and \
-                model.gradient_as_bucket_view:
-            raise ValueError(f"{who} swaps p.grad between two half-batch buffers, which DDP's "
-                             "gradient_as_bucket_view=True forbids: leave gradient_as_bucket_view off.")
         inner = unwrap(model)
         modules = dict(inner.named_modules())
         for layer in self.layers:
@@ -261,11 +130,13 @@ class _KroneckerOptimizer(torch.optim.Optimizer):
             layer.module = module
         self._model = inner
 
-    def _steps_done(self) -> int:
+    @property
+    def curvature_due(self) -> bool:
+        """True on the steps whose curvature is refreshed: every ``update_freq`` optimizer steps from the first."""
         state = self.state.get(self.layers[0].weight, {})
-        return int(state["step"]) if "step" in state else 0
+        return (int(state["step"]) if "step" in state else 0) % self.update_freq == 0
 
-    def update_curvature(self, inputs: dict) -> None:
+    def update_curvature(self, inputs: Mapping[str, object]) -> None:
         """Fold fresh factors from ``inputs`` (labels sampled from the model) into the running averages,
         averaged over data-parallel ranks, and recompute the damped inverses."""
         fresh = sample_fisher_factors(self._model, self.layers, inputs)
@@ -283,33 +154,6 @@ class _KroneckerOptimizer(torch.optim.Optimizer):
                 state["A"], state["G"] = a, g
             state["A_inv"], state["G_inv"], state["bias_inv"] = damped_inverses(state["A"], state["G"], self.damping)
 
-    def training_step(self, trainer, model: nn.Module, inputs: dict, num_items_in_batch=None) -> torch.Tensor:
-        """FocoTrainer's training step for this optimizer: curvature refresh, then forward(s)/backward(s)."""
-        model.train()
-        inputs = trainer._prepare_inputs(inputs)
-        if not self._cycle_open:
-            self._cycle_open = True
-            if self._steps_done() % self.update_freq == 0:
-                self.update_curvature(inputs)
-        if not self.split_batch:
-            return _backward(trainer, model, inputs, num_items_in_batch)
-        loss = 0.0
-        for index, (half, share) in enumerate(split_in_halves(inputs)):
-            for p in self._kfac_params:
-                p.grad = self._halves.setdefault(p, [None, None])[index]
-            loss = loss + _backward(trainer, model, half, num_items_in_batch, share)
-            for p in self._kfac_params:
-                self._halves[p][index] = p.grad
-        for p in self._kfac_params:
-            first, second = self._halves[p]
-            p.grad = second if first is None else first if second is None else first + second
-        return loss
-
-    def skip_step(self) -> None:
-        """Drop this step's half-batch gradients (the stability guard found the gradients non-finite and
-        removed ``p.grad``, so the following ``step()`` changes nothing)."""
-        self._halves.clear()
-
     # -- the update -----------------------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -319,8 +163,6 @@ class _KroneckerOptimizer(torch.optim.Optimizer):
             if not group["kfac"]:
                 self._adamw(group)
         self._kfac_step()
-        self._halves.clear()
-        self._cycle_open = False
         return loss
 
     def _adamw(self, group: dict) -> None:
@@ -353,12 +195,11 @@ class _KroneckerOptimizer(torch.optim.Optimizer):
             state = self.state[layer.weight]
             if "A_inv" not in state:
                 raise RuntimeError(f"{who} has no curvature yet: train through FocoTrainer (--optim "
-                                   f"{who.lower()}), or call optimizer.training_step(...) / update_curvature(inputs) "
-                                   "before step().")
+                                   f"{who.lower()}), or call optimizer.update_curvature(inputs) before step().")
             updates.append((layer, self._direction(layer, state)))
             state["step"] = state.get("step", torch.tensor(0.0)) + 1
         if self.max_update_norm is not None and updates:
-            norm = torch.sqrt(sum(_dot(u, u) for _, u in updates))
+            norm = torch.sqrt(sum(dot(u, u) for _, u in updates))
             scale = (self.max_update_norm / norm.clamp_min(1e-12)).clamp(max=1.0)
             updates = [(layer, [x * scale for x in u]) for layer, u in updates]
         for layer, update in updates:
@@ -404,10 +245,9 @@ class FOP(_KroneckerOptimizer):
     """Fisher-Orthogonal Projection: K-FAC plus the Fisher-orthogonal part of the half-batch difference.
 
     Args: as :class:`KFAC`, plus ``beta_max`` (β* ∈ [−beta_max, beta_max]) and ``eta_max``
-    (η* ∈ [0, eta_max]). Needs :meth:`training_step` (FocoTrainer calls it) for the half-batch gradients.
+    (η* ∈ [0, eta_max]). Before each ``step()`` it needs g1 − g2, the difference of the two half-batch
+    gradients of :attr:`half_batch_params` (:meth:`receive_half_batch_difference`; FocoTrainer hands it over).
     """
-
-    split_batch = True
 
     def __init__(self, params, model: nn.Module, lr: float = 3e-3, momentum: float = 0.9, adamw_lr: float = 6e-4,
                  betas=(0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.0, damping: float = 1e-2,
@@ -419,15 +259,35 @@ class FOP(_KroneckerOptimizer):
                          weight_decay=weight_decay, damping=damping, factor_ema=factor_ema, update_freq=update_freq,
                          max_update_norm=max_update_norm, exclude=exclude)
         self.beta_max, self.eta_max = beta_max, eta_max
+        self._difference: dict[torch.Tensor, torch.Tensor] = {}
+
+    @property
+    def half_batch_params(self) -> list[nn.Parameter]:
+        """The parameters whose half-batch gradient difference FOP needs: those of its K-FAC layers."""
+        return [p for layer in self.layers for p in layer.params()]
+
+    def receive_half_batch_difference(self, diffs: Sequence[torch.Tensor | None]) -> None:
+        """g1 − g2 for each of :attr:`half_batch_params` (None: no gradient), used by the next ``step()``."""
+        params = self.half_batch_params
+        if len(diffs) != len(params):
+            raise ValueError(f"FOP expects {len(params)} half-batch differences (one per half_batch_params), "
+                             f"got {len(diffs)}.")
+        self._difference = {p: d for p, d in zip(params, diffs) if d is not None}
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None):
+        try:
+            return super().step(closure)
+        finally:
+            self._difference = {}  # each difference serves exactly one step (or one skipped step)
 
     def _direction(self, layer: KFACLayer, state: dict) -> list[torch.Tensor]:
-        halves = [self._halves.get(p) for p in layer.params()]
-        if any(h is None for h in halves):
-            raise RuntimeError("FOP needs the two half-batch gradients its training_step produces: train with "
-                               "FocoTrainer (--optim fop) or call optimizer.training_step(trainer, model, inputs) "
+        if not all(p in self._difference or p.grad is None for p in layer.params()):
+            raise RuntimeError("FOP needs the difference of two half-batch gradients before every step: train with "
+                               "FocoTrainer (--optim fop), or call optimizer.receive_half_batch_difference(diffs) "
                                "before step().")
         g_avg = [_grad_or_zeros(p, p.grad) for p in layer.params()]
-        g_diff = [2 * (_grad_or_zeros(p, a) - _grad_or_zeros(p, b)) for p, (a, b) in zip(layer.params(), halves)]
+        g_diff = [_grad_or_zeros(p, self._difference.get(p)) for p in layer.params()]
         update, beta, eta = fop_update(layer, g_avg, g_diff, state, self.beta_max, self.eta_max)
         state["beta"], state["eta"] = beta, eta
         return update

@@ -2,7 +2,7 @@
 
 transformers' automatic card calls a model built from a config "a fine-tuned version of []". A
 pretraining run is described by what it was trained with and on, for how long, on what, and how well it
-did: :func:`render_model_card` writes that from the run record that :mod:`.artifacts` gathers.
+did: :func:`render_model_card` writes that from the run record (``run_info.json`` plus results).
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ def _duration(seconds: float | None) -> str:
 
 
 def render_model_card(record: dict) -> str:
-    """Markdown with YAML metadata; ``record`` is the dict :func:`~.artifacts.run_record` returns."""
+    """Markdown with YAML metadata; ``record`` is ``run_info.json`` plus ``results``, ``stability`` and
+    ``loss_curve`` (:func:`hf_foco.artifacts.render_run` assembles it)."""
     opt, data, res = record["optimizer"], record.get("dataset") or {}, record["results"]
     repo = record.get("repo_id") or "PATH_OR_REPO_ID"
     name = record.get("model_name") or repo.split("/")[-1]

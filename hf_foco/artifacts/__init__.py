@@ -1,0 +1,74 @@
+"""A finished run's output directory: its model card, loss curve and upload to the Hub.
+
+Everything here reads the directory only (the files of :mod:`.files`), never a live Trainer, so
+``hf-foco push`` works on a run finished long ago and nothing here imports the training stack. The
+trainer records what only the live run knows (:mod:`hf_foco.trainer.record`), then calls
+:func:`render_run`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .card import render_model_card
+from .files import (
+    LOSS_CURVE_FILE,
+    MODEL_CARD_FILE,
+    RUN_INFO_FILE,
+    STABILITY_FILE,
+    TRAINER_STATE_FILE,
+    read_json,
+    write_json,
+)
+from .plots import plot_loss_curve
+
+
+def _results(state: dict) -> dict:
+    history = state.get("log_history", [])
+    evals = [e for e in history if "eval_loss" in e]
+    final_train = next((e for e in reversed(history) if "train_runtime" in e), {})
+    out = {"steps": state.get("global_step"), "tokens_seen": state.get("num_input_tokens_seen") or None,
+           "train_loss": final_train.get("train_loss"), "train_runtime": final_train.get("train_runtime")}
+    if evals:
+        out.update(eval_loss=evals[-1]["eval_loss"], eval_perplexity=evals[-1].get("eval_perplexity"),
+                   eval_accuracy=evals[-1].get("eval_accuracy"))
+    return out
+
+
+def render_run(output_dir: str | os.PathLike, dataset_info: dict | None = None,
+               repo_id: str | None = None) -> dict[str, Path]:
+    """Draw ``loss_curve.png`` and write the model card ``README.md`` of a finished run's directory.
+
+    Args:
+        output_dir: holds ``trainer_state.json`` and ``run_info.json`` (written at the end of training by
+            :func:`hf_foco.trainer.write_run_artifacts`).
+        dataset_info: replaces the recorded description of the data, e.g. ``{"name": "roneneldan/TinyStories",
+            "tokenizer": "gpt2", "sequence_length": 512, "train_tokens": 4.7e8}``.
+        repo_id: the Hub repository the card's loading snippet names (default: the recorded one).
+
+    Returns: file name -> path of every file written.
+    """
+    out = Path(output_dir)
+    missing = [n for n in (TRAINER_STATE_FILE, RUN_INFO_FILE) if not (out / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{out} is not a finished hf_foco run: {', '.join(missing)} missing. Call "
+                                "write_run_artifacts(trainer) at the end of training (scripts/run_pretrain.py does).")
+    state, record = read_json(out / TRAINER_STATE_FILE), read_json(out / RUN_INFO_FILE)
+    if dataset_info is not None:
+        record["dataset"] = dict(dataset_info)
+        write_json(out / RUN_INFO_FILE, record)
+    if repo_id is not None:
+        record.update(repo_id=repo_id, model_name=repo_id.split("/")[-1])
+    record["results"] = _results(state)
+    record["stability"] = read_json(out / STABILITY_FILE)
+    written: dict[str, Path] = {}
+    if plot_loss_curve(state.get("log_history", []), out / LOSS_CURVE_FILE, title=record.get("model_name") or ""):
+        record["loss_curve"] = LOSS_CURVE_FILE
+        written[LOSS_CURVE_FILE] = out / LOSS_CURVE_FILE
+    (out / MODEL_CARD_FILE).write_text(render_model_card(record))
+    written[MODEL_CARD_FILE] = out / MODEL_CARD_FILE
+    return written
+
+
+__all__ = ["render_model_card", "render_run"]

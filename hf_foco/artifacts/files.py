@@ -1,0 +1,26 @@
+"""The files a finished run's output directory holds, and how they are read and written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+RUN_INFO_FILE = "run_info.json"
+TRAINING_ARGS_FILE = "training_args.json"
+TRAINER_STATE_FILE = "trainer_state.json"
+STABILITY_FILE = "stability.json"
+LOSS_CURVE_FILE = "loss_curve.png"
+MODEL_CARD_FILE = "README.md"
+
+
+def read_json(path: str | Path, missing: Any = None) -> Any:
+    """The JSON in ``path``, or ``missing`` when there is no such file."""
+    path = Path(path)
+    if not path.is_file():
+        return missing
+    return json.loads(path.read_text())
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    Path(path).write_text(json.dumps(obj, indent=2, default=list))

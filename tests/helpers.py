@@ -1,0 +1,97 @@
+"""What the tests share: one tiny GPT-2, tiny datasets, Trainer settings, small K-FAC test models, the paths
+and short-run arguments of the end-to-end tests (their corpus fixture is in conftest.py)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+from torch import nn
+from transformers import GPT2Config, GPT2LMHeadModel
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "scripts" / "run_pretrain.py"
+SEQ = 16
+VOCAB = 128
+WORDS = "the cat sat on a mat and the dog ran to the red ball while birds sang in old trees".split()
+
+
+def tiny_gpt2(seed: int = 0, **overrides) -> GPT2LMHeadModel:
+    """2 layers of width 32, 16 positions, 128 tokens, no dropout (so runs are deterministic functions of the
+    data and the optimizer, and data-parallel ranks draw no masks of their own)."""
+    torch.manual_seed(seed)
+    config = GPT2Config(**{**dict(n_layer=2, n_embd=32, n_head=2, n_positions=SEQ, vocab_size=VOCAB, bos_token_id=0,
+                                  eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0), **overrides})
+    return GPT2LMHeadModel(config)
+
+
+def sentences(count: int = 400, seed: int = 0) -> list[str]:
+    """Random sentences of 4 to 9 words from WORDS, each ending with a period."""
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 9))) + "." for _ in range(count)]
+
+
+def text_dataset(samples: int = 64, seed: int = 0) -> Dataset:
+    """Byte-level token blocks of SEQ tokens from random sentences over a small vocabulary of words."""
+    ids = [b % VOCAB for b in " ".join(sentences(400, seed)).encode()]
+    blocks = [ids[i:i + SEQ] for i in range(0, samples * SEQ, SEQ)]
+    return Dataset.from_dict({"input_ids": blocks, "labels": blocks})
+
+
+def token_batches(count: int, seed: int = 0, rows: int = 4, length: int = 8) -> list[dict[str, torch.Tensor]]:
+    """``count`` batches of random token ids (inputs and labels) for loops without a Trainer."""
+    generator = torch.Generator().manual_seed(seed)
+    ids = [torch.randint(0, 32, (rows, length), generator=generator) for _ in range(count)]
+    return [{"input_ids": i, "labels": i} for i in ids]
+
+
+def common_args(output_dir, **overrides) -> dict:
+    """Small, deterministic, CPU-only Trainer settings."""
+    return {"output_dir": str(output_dir), "per_device_train_batch_size": 8, "report_to": "none",
+            "use_cpu": True, "disable_tqdm": True, "seed": 0, "logging_steps": 1, "save_strategy": "no",
+            "dataloader_num_workers": 0, **overrides}
+
+
+def short_args(out: Path, data_keys: list[str]) -> list[str]:
+    """A 2-step pretraining run on the ``workspace`` corpus writing to ``out`` (later keys win)."""
+    return ["--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size", "4",
+            "--per_device_eval_batch_size", "8", "--logging_steps", "1", *data_keys]
+
+
+class Classifier(nn.Module):
+    """x -> layer1 -> tanh -> layer2 -> logits; ``make_layer(in, out)`` picks Linear or Conv1D."""
+
+    def __init__(self, make_layer, sizes=(5, 7, 4)):
+        super().__init__()
+        self.layer1 = make_layer(sizes[0], sizes[1])
+        self.layer2 = make_layer(sizes[1], sizes[2])
+
+    def forward(self, x, labels=None):
+        logits = self.layer2(torch.tanh(self.layer1(x)))
+        loss = None if labels is None else F.cross_entropy(logits, labels)
+        return SimpleNamespace(logits=logits, loss=loss)
+
+
+def half_batch_difference(model: nn.Module, params: list, inputs: dict) -> list[torch.Tensor]:
+    """g1 − g2 of ``params``: the mean-loss gradients of the two halves of ``inputs``, by autograd (what
+    FocoTrainer's half-batch step hands a half-batch optimizer)."""
+    n = next(v.shape[0] for v in inputs.values() if isinstance(v, torch.Tensor))
+    halves = [{k: v[part] for k, v in inputs.items()} for part in (slice(0, n // 2), slice(n // 2, n))]
+    g1, g2 = (torch.autograd.grad(model(**half).loss, params) for half in halves)
+    return [a - b for a, b in zip(g1, g2)]
+
+
+def kronecker_step(optimizer, model: nn.Module, batch: dict) -> None:
+    """One step of a K-FAC optimizer the way FocoTrainer drives it, in a plain loop: curvature when due,
+    the gradient, g1 − g2 for a half-batch optimizer, then ``step()``."""
+    if optimizer.curvature_due:
+        optimizer.update_curvature(batch)
+    model.zero_grad()
+    model(**batch).loss.backward()
+    if hasattr(optimizer, "receive_half_batch_difference"):
+        optimizer.receive_half_batch_difference(half_batch_difference(model, optimizer.half_batch_params, batch))
+    optimizer.step()
