@@ -1,17 +1,18 @@
 """hf_foco's optimizers and the registry that names them.
 
-Each elementwise optimizer is a thin class over a public functional rule (``focus``, ``foco``, ``signum``,
-``lion``, like ``torch.optim.adamw.adamw``); K-FAC and FOP live in :mod:`.kfac`. The records below are the
+Each elementwise optimizer is a thin class over a public functional rule in its module
+(:func:`.focus.focus`, :func:`.foco.foco`, :func:`.signum.signum`, :func:`.lion.lion`, like
+``torch.optim.adamw.adamw``); K-FAC and FOP live in :mod:`.kfac`. The records below are the
 built-in entries of the registry (:mod:`.registry`).
 """
 
 import torch
 
-from .foco import FOCUS16bit, foco
-from .focus import FOCUS, focus
+from .foco import FOCUS16bit
+from .focus import FOCUS
 from .grouping import DECAY_POLICIES, param_groups
 from .kfac import FOP, KFAC
-from .lion import Lion, lion
+from .lion import Lion
 from .registry import (
     ENTRY_POINT_GROUP,
     HalfBatchOptimizer,
@@ -25,7 +26,7 @@ from .registry import (
     register_optimizer,
     spec_of,
 )
-from .signum import Signum, signum
+from .signum import Signum
 
 register_optimizer(
     "foco", FOCUS16bit, defaults=dict(lr=6e-4, betas=(0.9, 0.99), gamma=0.2, weight_decay=0.2),
@@ -67,7 +68,6 @@ register_optimizer(
 
 __all__ = [
     "DECAY_POLICIES", "ENTRY_POINT_GROUP", "FOCUS", "FOCUS16bit", "FOP", "HalfBatchOptimizer", "KFAC",
-    "LayerHookOptimizer", "Lion", "OptimizerSpec", "RegisteredNames", "Signum", "create_optimizer", "foco", "focus",
-    "get_optimizer", "is_registered", "lion", "list_optimizers", "param_groups", "register_optimizer", "signum",
-    "spec_of",
+    "LayerHookOptimizer", "Lion", "OptimizerSpec", "RegisteredNames", "Signum", "create_optimizer", "get_optimizer",
+    "is_registered", "list_optimizers", "param_groups", "register_optimizer", "spec_of",
 ]

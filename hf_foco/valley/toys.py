@@ -29,8 +29,10 @@ from collections.abc import Callable
 import torch
 from torch.optim import adam as torch_adam
 
-from ..optim import foco, focus, lion, signum
-from ..optim.foco import MOMENTUM_DTYPE, PULL_DTYPE
+from ..optim.foco import MOMENTUM_DTYPE, PULL_DTYPE, foco
+from ..optim.focus import focus
+from ..optim.lion import lion
+from ..optim.signum import signum
 from .landscape import noisy_grad, valley_loss
 
 
