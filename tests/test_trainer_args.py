@@ -98,11 +98,16 @@ def test_bad_arguments_fail_at_construction_naming_the_fix(kwargs, message):
     assert message in str(err.value)
 
 
-def test_command_line_rejects_unknown_names_listing_the_choices():
+def test_command_line_rejects_unknown_names_with_the_closest_one_and_where_all_are():
     err = io.StringIO()
     with contextlib.redirect_stderr(err), pytest.raises(SystemExit):
         parse(["--optim", "fooco"])
-    assert "invalid choice: 'fooco'" in err.getvalue() and "foco" in err.getvalue()
+    message = " ".join(err.getvalue().split())
+    assert "argument --optim: invalid choice: 'fooco'. Did you mean 'foco'? Choose one of hf_foco's optimizers " \
+           "(adamw, foco, focus, fop, kfac, lion, signum; `hf-foco optimizers` describes them) or of " \
+           "transformers' (adamw_torch, adamw_torch_fused," in message
+    with contextlib.redirect_stderr(io.StringIO()), pytest.raises(SystemExit):
+        parse(["--optim", "adamw_troch"])  # a native name's typo too
 
 
 def test_a_registry_entry_never_shadows_a_native_name(monkeypatch):

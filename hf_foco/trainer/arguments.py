@@ -16,6 +16,7 @@ the values actually used, so logs and model cards report them.
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,13 +55,35 @@ class OptimChoices:
         return f"OptimChoices({list(self)})"
 
 
+def unknown_optim_message(name) -> str:
+    """What an unknown ``--optim`` value is told: the closest name, then where every name is listed."""
+    ours = [s.name for s in list_optimizers() if s.name not in NATIVE_OPTIMIZERS]
+    return (f"invalid choice: {name!r}.{did_you_mean(name, OptimChoices())} Choose one of hf_foco's optimizers "
+            f"({', '.join(ours)}; `hf-foco optimizers` describes them) or of transformers' "
+            f"({', '.join(NATIVE_OPTIMIZERS)}).")
+
+
+class OptimName(str):
+    """The type of ``--optim`` on the command line: argparse calls it on the text, so an unknown name is
+    refused with the closest known one (argparse's own ``choices`` check only lists them all).
+
+    Calling it returns the plain ``str`` (it only checks); ``HfArgumentParser`` uses a field's type as the
+    argparse ``type``, which is why ``optim`` is annotated with it.
+    """
+
+    def __new__(cls, name):
+        if name not in OptimChoices():
+            raise argparse.ArgumentTypeError(unknown_optim_message(name))
+        return str(getattr(name, "value", name))
+
+
 @dataclass
 class FocoTrainingArguments(TrainingArguments):
     """``TrainingArguments`` plus hf_foco's optimizers, parameter grouping and stability monitor."""
 
     _VALID_DICT_FIELDS = [*TrainingArguments._VALID_DICT_FIELDS, "optim_kwargs"]
 
-    optim: str = field(
+    optim: OptimName = field(
         default=TrainingArguments.default_optim,
         metadata={"help": "Optimizer: a transformers name or an hf_foco registry name (a native name wins a "
                           "clash). Choices: %(choices)s.",
