@@ -127,9 +127,11 @@ def main(argv: list[str] | None = None, callbacks=None) -> int:
                     if not data_args.tokenizer_name else data_args.tokenizer_name,
                     "sequence_length": data.block_size, "train_tokens": data.train_tokens,
                     "validation_tokens": len(data.validation) * data.block_size}
-    written = write_run_artifacts(trainer, dataset_info=dataset_info)
+    # Explicit, so that a fresh model from --config_name is not taken for a fine-tune of that config's model.
+    card = {"finetuned_from": model_args.model_name_or_path}
+    written = write_run_artifacts(trainer, dataset_info=dataset_info, **card)
     if training_args.push_to_hub:
-        trainer.push_to_hub(dataset_info=dataset_info)
+        trainer.push_to_hub(dataset_info=dataset_info, **card)
     if trainer.is_world_process_zero():
         out = Path(training_args.output_dir)
         loss = metrics["eval_loss"]

@@ -1,10 +1,13 @@
-"""Fixtures shared by the end-to-end pretraining tests."""
+"""Fixtures shared by the tests: the small corpus of the end-to-end pretraining tests, and a Hub that records
+instead of uploading."""
 
 import os
 import shutil
+from types import SimpleNamespace
 
 import pytest
 from helpers import REPO
+from huggingface_hub import HfApi, constants
 
 from hf_foco.data import DataArguments, prepare_lm_data, stdlib_files
 from hf_foco.data.corpus import stdlib_root
@@ -32,3 +35,30 @@ def workspace(tmp_path_factory):
     finally:
         os.environ.clear()
         os.environ.update(old)
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    """The Hub client with its network calls replaced by recorders: ``repos`` (create_repo), ``commits``
+    (repository, sorted uploaded paths) and ``events``, every call in order (including transformers' own
+    ``upload_folder``, which no hf_foco push should reach)."""
+    calls = SimpleNamespace(repos=[], commits=[], events=[])
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
+    def create_repo(self, repo_id, **kw):
+        calls.repos.append((repo_id, kw))
+        calls.events.append("create_repo")
+        return SimpleNamespace(repo_id=repo_id)
+
+    def create_commit(self, repo_id, operations, **kw):
+        calls.commits.append((repo_id, sorted(op.path_in_repo for op in operations)))
+        calls.events.append("commit")
+        return SimpleNamespace(commit_url=f"https://huggingface.co/{repo_id}/commit/0")
+
+    def upload_folder(self, **kw):
+        calls.events.append("upload_folder")
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "create_commit", create_commit)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    return calls

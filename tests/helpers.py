@@ -4,17 +4,20 @@ and short-run arguments of the end-to-end tests (their corpus fixture is in conf
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 from datasets import Dataset
+from tokenizers import Tokenizer, models, pre_tokenizers
 from torch import nn
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "run_pretrain.py"
+STOCK_CLM = REPO / "tests" / "scripts" / "stock_clm.py"  # a transformers-only Trainer script, run unmodified
 SEQ = 16
 VOCAB = 128
 WORDS = "the cat sat on a mat and the dog ran to the red ball while birds sang in old trees".split()
@@ -40,6 +43,31 @@ def text_dataset(samples: int = 64, seed: int = 0) -> Dataset:
     ids = [b % VOCAB for b in " ".join(sentences(400, seed)).encode()]
     blocks = [ids[i:i + SEQ] for i in range(0, samples * SEQ, SEQ)]
     return Dataset.from_dict({"input_ids": blocks, "labels": blocks})
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over WORDS (plus <unk> and <pad>): 23 tokens (tests/scripts/data/tokenizer is
+    this one, saved)."""
+    vocab = {w: i for i, w in enumerate(["<unk>", "<pad>", *dict.fromkeys(WORDS)])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>")
+
+
+def stock_clm_args(out: Path, optim: str, *extra: str) -> list[str]:
+    """Arguments of tests/scripts/stock_clm.py for a 6-step run on its own data, logging every step."""
+    return ["--do_train", "--do_eval", "--output_dir", str(out), "--optim", optim, "--max_steps", "6",
+            "--per_device_train_batch_size", "4", "--max_eval_samples", "8", "--logging_steps", "1",
+            "--save_strategy", "no", "--use_cpu", "--seed", "0", "--disable_tqdm", "true", *extra]
+
+
+def readme_blocks(section: str, language: str) -> list[str]:
+    """The ```language code blocks of the README section titled ``section`` (up to the next ``## `` title), in
+    order: the tests run what the README shows."""
+    text = (REPO / "README.md").read_text()
+    start = text.index(f"\n## {section}\n")
+    end = text.find("\n## ", start + 1)
+    return re.findall(rf"```{language}\n(.*?)```", text[start:end if end > 0 else None], flags=re.S)
 
 
 def token_batches(count: int, seed: int = 0, rows: int = 4, length: int = 8) -> list[dict[str, torch.Tensor]]:

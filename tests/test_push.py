@@ -1,19 +1,18 @@
-"""Run artifacts and the push: exactly the model's files go up, the card describes the pretraining run,
-and offline the push fails clearly without touching the run."""
+"""Run artifacts and the push: exactly the model's files go up, the card describes the pretraining run and
+honours transformers' card arguments, and offline the push fails clearly without touching the run."""
 
 import hashlib
 import json
 import math
-from types import SimpleNamespace
+from pathlib import Path
 
 import matplotlib.image
 import pytest
 import torch
-from helpers import WORDS, common_args, text_dataset, tiny_gpt2
-from huggingface_hub import HfApi, constants
+from helpers import common_args, text_dataset, tiny_gpt2, tiny_tokenizer
+from huggingface_hub import HfApi, ModelCard, constants
 from huggingface_hub.errors import OfflineModeIsEnabled
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
+from transformers import TrainerCallback
 
 from hf_foco.artifacts.push import PushError, push_run
 from hf_foco.cli import main as cli_main
@@ -22,15 +21,9 @@ from hf_foco.trainer import FocoTrainer, FocoTrainingArguments, write_run_artifa
 torch.set_num_threads(1)
 REPO = "someone/tiny-foco"
 UPLOADED = {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-            "training_args.json", "stability.json", "loss_curve.png", "README.md"}
+            "training_args.json", "stability.json", "loss_curve.png", "README.md", "trainer_state.json",
+            "eval_results.json", "all_results.json"}
 DATASET = {"name": "tiny-sentences", "sequence_length": 16}
-
-
-def tiny_tokenizer():
-    vocab = {w: i for i, w in enumerate(["<unk>", "<pad>", *dict.fromkeys(WORDS)])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>")
 
 
 def finished_run(out, **overrides):
@@ -48,23 +41,9 @@ def finished_run(out, **overrides):
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     trainer = finished_run(out)
+    trainer.save_metrics("eval", trainer.evaluate())  # eval_results.json and all_results.json, as run_clm.py does
     write_run_artifacts(trainer, dataset_info=DATASET)
     return out, trainer.state
-
-
-@pytest.fixture
-def hub(monkeypatch):
-    """HfApi with its two network calls replaced by recorders."""
-    calls = SimpleNamespace(repos=[], commits=[])
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: calls.repos.append((repo_id, kw)))
-
-    def create_commit(self, repo_id, operations, **kw):
-        calls.commits.append((repo_id, sorted(op.path_in_repo for op in operations)))
-        return SimpleNamespace(commit_url=f"https://huggingface.co/{repo_id}/commit/0")
-
-    monkeypatch.setattr(HfApi, "create_commit", create_commit)
-    return calls
 
 
 def test_push_uploads_exactly_the_model_files(run_dir, hub):
@@ -128,9 +107,110 @@ def test_push_refuses_a_directory_without_a_saved_model(tmp_path, hub):
     assert hub.repos == []
 
 
-def test_trainer_push_to_hub_uploads_the_same_files_with_the_pretraining_card(tmp_path, hub):
-    trainer = finished_run(tmp_path, hub_model_id=REPO, eval_steps=4, save_strategy="no")
+class InFlightUpload:
+    """A checkpoint upload still running when the final push starts (what ``--hub_strategy every_save`` leaves)."""
+
+    def __init__(self, events):
+        self.events = events
+
+    def is_done(self):
+        return False
+
+    def wait_until_done(self):
+        self.events.append("waited")
+
+
+class PushBegins(TrainerCallback):
+    def __init__(self):
+        self.calls = 0
+
+    def on_push_begin(self, args, state, control, **kwargs):
+        self.calls += 1
+
+
+def test_trainer_push_to_hub_waits_for_uploads_in_flight_and_uploads_the_stock_result_files(tmp_path, hub):
+    trainer = finished_run(tmp_path, hub_model_id=REPO, push_to_hub=True, eval_steps=4, save_strategy="no")
+    # --push_to_hub: transformers created the repository when the Trainer was built, and save_model pushed
+    assert hub.events == ["create_repo", "commit"]
+    trainer.save_metrics("eval", trainer.evaluate())
+    trainer.push_in_progress = InFlightUpload(hub.events)
+    trainer.add_callback(begins := PushBegins())
+    hub.commits.clear()
     trainer.push_to_hub(dataset_info=DATASET)
-    assert hub.commits == [(REPO, sorted(UPLOADED))]
-    card = (tmp_path / "README.md").read_text()
-    assert f'from_pretrained("{REPO}")' in card and "fine-tuned" not in card.lower()
+    assert hub.events[2:] == ["waited", "commit"]
+    assert hub.commits == [(REPO, sorted(UPLOADED))] and begins.calls == 1
+    card = ModelCard.load(tmp_path / "README.md")
+    assert f'from_pretrained("{REPO}")' in card.text and "fine-tuned" not in card.text.lower()
+    assert card.text.startswith("\n# tiny-foco\n")  # model_name defaults to the repository's name, as transformers'
+
+
+def test_push_without_a_repository_name_uses_the_output_folder_like_transformers(tmp_path, hub):
+    trainer = finished_run(tmp_path / "my-run", save_strategy="no", eval_steps=4)
+    trainer.push_to_hub()
+    assert hub.repos[0][0] == "my-run" and hub.commits[0][0] == "my-run"
+
+
+def card_of(trainer, **kwargs) -> ModelCard:
+    trainer.create_model_card(**kwargs)
+    return ModelCard.load(Path(trainer.args.output_dir) / "README.md")
+
+
+def test_card_takes_transformers_create_model_card_arguments(tmp_path):
+    trainer = finished_run(tmp_path, eval_steps=4, save_strategy="no")
+    card = card_of(trainer, language="en", license="apache-2.0", tags=["tiny"], model_name="tiny-stories-foco",
+                   finetuned_from="openai-community/gpt2", tasks="text-generation",
+                   dataset_tags="roneneldan/TinyStories", dataset="TinyStories", dataset_args="default")
+    meta = card.data.to_dict()
+    assert (meta["language"], meta["license"], meta["base_model"]) == (["en"], "apache-2.0", "openai-community/gpt2")
+    assert {"tiny", "generated_from_trainer", "hf-foco", "optimizer-foco"} <= set(meta["tags"])
+    assert meta["datasets"] == ["roneneldan/TinyStories"] and meta["pipeline_tag"] == "text-generation"
+    (index,) = meta["model-index"]
+    assert index["name"] == "tiny-stories-foco"
+    result = index["results"][0]
+    assert result["task"]["type"] == "text-generation"
+    assert result["dataset"] == {"name": "TinyStories", "type": "roneneldan/TinyStories", "config": "default"}
+    assert {m["type"] for m in result["metrics"]} == {"loss", "perplexity", "accuracy"}
+    assert card.text.startswith("\n# tiny-stories-foco\n")
+    assert "trained from the weights of [openai-community/gpt2](https://huggingface.co/openai-community/gpt2)" in \
+        card.text
+    assert "random initialisation" not in card.text and "- name: TinyStories" in card.text
+    # the card metadata is part of the run record: `hf-foco push` later renders the same card
+    assert json.loads((tmp_path / "run_info.json").read_text())["card"]["finetuned_from"] == "openai-community/gpt2"
+
+
+def test_where_the_weights_started_is_inferred_as_transformers_does(tmp_path):
+    trainer = finished_run(tmp_path, eval_steps=4, save_strategy="no")
+    assert "pretrained from random initialisation" in card_of(trainer).text  # a config-built model
+    trainer.model.config._name_or_path = "someone/base-model"  # as from_pretrained("someone/base-model") leaves it
+    card = card_of(trainer)
+    assert card.data.base_model == "someone/base-model" and "random initialisation" not in card.text
+    # explicitly None, as run_clm.py passes for a model built from a config: from scratch
+    assert "pretrained from random initialisation" in card_of(trainer, finetuned_from=None).text
+    # a local folder is named in the text, not as the Hub's base_model
+    card = card_of(trainer, finetuned_from=str(tmp_path))
+    assert card.data.base_model is None and f"trained from the weights of `{tmp_path}`" in card.text
+
+
+def test_final_training_loss_is_the_last_logged_loss_and_the_mean_is_labelled(tmp_path):
+    trainer = finished_run(tmp_path, eval_steps=4, save_strategy="no")
+    text = card_of(trainer).text
+    losses = [e for e in trainer.state.log_history if "loss" in e]
+    mean = next(e["train_loss"] for e in trainer.state.log_history if "train_loss" in e)
+    assert losses[-1]["loss"] != pytest.approx(mean)
+    assert f"- Final training loss: {losses[-1]['loss']:.4g} (the last logged loss, step 4)" in text
+    assert f"- Mean training loss over the run: {mean:.4g}" in text
+
+
+def test_a_native_optimizer_card_does_not_claim_hf_foco(tmp_path):
+    text = card_of(finished_run(tmp_path, optim="adamw_torch", eval_steps=4, save_strategy="no")).content
+    assert "transformers' built-in **adamw_torch** optimizer" in text and "| `betas` | (0.9, 0.999) |" in text
+    assert "hf_foco" not in text and "hf-foco" not in text
+
+
+def test_stability_summary_says_null_for_what_was_never_measured(tmp_path):
+    trainer = finished_run(tmp_path, logging_steps=100, eval_strategy="no", save_strategy="no")
+    write_run_artifacts(trainer)
+    raw = (tmp_path / "stability.json").read_text()
+    summary = json.loads(raw)
+    assert summary["max_grad_norm"] is None and summary["last_update_ratio"] is None
+    assert '"max_grad_norm": null' in raw and "0.0" not in raw

@@ -25,11 +25,15 @@ from .plots import plot_loss_curve
 
 
 def _results(state: dict) -> dict:
+    """The numbers the card reports. ``final_train_loss`` is the last logged training loss (where the curve
+    ends); ``train_loss`` is the Trainer's mean over the whole run."""
     history = state.get("log_history", [])
     evals = [e for e in history if "eval_loss" in e]
-    final_train = next((e for e in reversed(history) if "train_runtime" in e), {})
+    summary = next((e for e in reversed(history) if "train_runtime" in e), {})
+    last = next((e for e in reversed(history) if "loss" in e), {})
     out = {"steps": state.get("global_step"), "tokens_seen": state.get("num_input_tokens_seen") or None,
-           "train_loss": final_train.get("train_loss"), "train_runtime": final_train.get("train_runtime")}
+           "final_train_loss": last.get("loss"), "final_train_loss_step": last.get("step"),
+           "train_loss": summary.get("train_loss"), "train_runtime": summary.get("train_runtime")}
     if evals:
         out.update(eval_loss=evals[-1]["eval_loss"], eval_perplexity=evals[-1].get("eval_perplexity"),
                    eval_accuracy=evals[-1].get("eval_accuracy"))

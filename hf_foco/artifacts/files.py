@@ -12,6 +12,8 @@ TRAINER_STATE_FILE = "trainer_state.json"
 STABILITY_FILE = "stability.json"
 LOSS_CURVE_FILE = "loss_curve.png"
 MODEL_CARD_FILE = "README.md"
+# run_info.json's optimizer "class" for transformers' own optimizers (an --optim name outside hf_foco's registry).
+NATIVE_CLASS = "transformers built-in"
 
 
 def read_json(path: str | Path, missing: Any = None) -> Any:

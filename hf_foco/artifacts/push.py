@@ -1,8 +1,9 @@
 """Upload a finished run to the Hugging Face Hub: ``hf-foco push OUTPUT_DIR --repo-id USER/NAME``.
 
 Exactly the files a user of the model needs are uploaded (never checkpoints, optimizer states or
-TensorBoard logs): safetensors weights, config, tokenizer files, training arguments,
-``stability.json``, the loss curve and the model card. With ``HF_HUB_OFFLINE=1`` the push fails before it
+TensorBoard logs): safetensors weights, config, tokenizer files, training arguments, the result files
+transformers' push uploads too (``eval_results.json``, ``train_results.json``, ``all_results.json``,
+``trainer_state.json``), ``stability.json``, the loss curve and the model card. With ``HF_HUB_OFFLINE=1`` the push fails before it
 touches anything, and says how to push later.
 """
 
@@ -16,7 +17,8 @@ UPLOAD_PATTERNS = (
     "*.safetensors", "model.safetensors.index.json", "config.json", "generation_config.json",
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
     "added_tokens.json", "tokenizer.model", "chat_template.jinja",
-    "training_args.json", "stability.json", "loss_curve.png", "README.md",
+    "training_args.json", "eval_results.json", "train_results.json", "all_results.json", "trainer_state.json",
+    "stability.json", "loss_curve.png", "README.md",
 )
 
 
@@ -47,8 +49,10 @@ def _offline_error(output_dir, repo_id) -> PushError:
 
 def push_run(output_dir: str | os.PathLike, repo_id: str, *, token: str | None = None, private: bool | None = None,
              revision: str | None = None, commit_message: str | None = "Upload pretrained model",
-             write_artifacts: bool = True, dataset_info: dict | None = None):
-    """Create ``repo_id`` if needed and upload :func:`files_to_upload`; returns the ``CommitInfo``.
+             write_artifacts: bool = True, dataset_info: dict | None = None, create: bool = True,
+             blocking: bool = True):
+    """Create ``repo_id`` if needed (``create``) and upload :func:`files_to_upload` in one commit; returns the
+    ``CommitInfo``, or a ``Future`` of it with ``blocking=False``.
 
     ``write_artifacts`` first (re)writes the card and loss curve with :func:`hf_foco.artifacts.render_run`.
     """
@@ -68,10 +72,11 @@ def push_run(output_dir: str | os.PathLike, repo_id: str, *, token: str | None =
         render_run(out, dataset_info=dataset_info, repo_id=repo_id)
     api = HfApi(token=token)
     try:
-        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        if create:
+            api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(out / name))
                       for name in files_to_upload(out)]
         return api.create_commit(repo_id=repo_id, operations=operations, commit_message=commit_message,
-                                 revision=revision, repo_type="model")
+                                 revision=revision, repo_type="model", run_as_future=not blocking)
     except OfflineModeIsEnabled:
         raise _offline_error(output_dir, repo_id) from None

@@ -2,8 +2,9 @@
 
 :func:`write_run_artifacts` is the one function the training scripts call at the end of a run: it saves
 the trainer state, the training arguments, the stability summary and ``run_info.json`` (optimizer and
-its hyperparameters, hardware, precision, schedule, dataset description), then renders the loss curve and
-the model card from the directory (:func:`hf_foco.artifacts.render_run`).
+its hyperparameters, hardware, precision, schedule, dataset description, and the card's metadata: the
+arguments of transformers' ``Trainer.create_model_card``), then renders the loss curve and the model card
+from the directory (:func:`hf_foco.artifacts.render_run`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from transformers import Trainer
 
 from ..artifacts import render_run
 from ..artifacts.files import (
+    NATIVE_CLASS,
     RUN_INFO_FILE,
     STABILITY_FILE,
     TRAINER_STATE_FILE,
@@ -45,10 +47,49 @@ def _optimizer_record(args) -> dict:
              "eps": args.adam_epsilon}
     if args.optim_args:
         hyper["optim_args"] = args.optim_args
-    return {"name": name, "class": "transformers built-in", "hyperparameters": hyper}
+    return {"name": name, "class": NATIVE_CLASS, "hyperparameters": hyper}
 
 
-def run_info(trainer: Trainer, dataset_info: dict | None = None) -> dict:
+class _Infer:
+    """``finetuned_from`` not given: inferred from the model, as transformers' card does."""
+
+    def __repr__(self) -> str:
+        return "INFER"
+
+
+INFER = _Infer()
+CARD_FIELDS = ("language", "license", "tags", "model_name", "finetuned_from", "tasks", "dataset_tags", "dataset",
+               "dataset_args")
+
+
+def _listify(value) -> list:
+    return [] if value is None else [value] if isinstance(value, str) else list(value)
+
+
+def card_metadata(trainer: Trainer, language=None, license=None, tags=None, model_name=None, finetuned_from=INFER,
+                  tasks=None, dataset_tags=None, dataset=None, dataset_args=None) -> dict:
+    """The model card's metadata from the arguments of transformers' ``Trainer.create_model_card``, with its
+    defaults: ``finetuned_from`` omitted is the model's ``config._name_or_path`` when that names a Hub model
+    (not a local folder); ``tasks`` omitted is text-generation; the model's ``model_tags`` join ``tags``.
+
+    ``finetuned_from=None`` given explicitly means trained from scratch (``run_clm.py`` passes
+    ``model_args.model_name_or_path``, None for a model built from a config; transformers would still infer
+    "a fine-tuned version of gpt2" from a config loaded with ``--config_name gpt2``).
+    """
+    if finetuned_from is INFER:
+        name = getattr(getattr(trainer.model, "config", None), "_name_or_path", "") or ""
+        finetuned_from = name if name and not os.path.isdir(name) else None
+    finetuned_from = finetuned_from or None  # "" is no model
+    tags = [*_listify(tags), *(t for t in getattr(trainer.model, "model_tags", None) or () if t not in _listify(tags))]
+    return {"language": _listify(language) or None, "license": license, "tags": tags, "model_name": model_name,
+            "finetuned_from": finetuned_from,
+            # The Hub's base_model must name a Hub model: a local folder stays in the prose only.
+            "base_model": finetuned_from if finetuned_from and not os.path.isdir(finetuned_from) else None,
+            "tasks": _listify(tasks) or ["text-generation"], "dataset_tags": _listify(dataset_tags),
+            "dataset": _listify(dataset) or _listify(dataset_tags), "dataset_args": _listify(dataset_args)}
+
+
+def run_info(trainer: Trainer, dataset_info: dict | None = None, card: dict | None = None) -> dict:
     """The facts about a live run that its output directory does not otherwise keep."""
     args, model = trainer.args, trainer.model
     config = getattr(model, "config", None)
@@ -65,25 +106,32 @@ def run_info(trainer: Trainer, dataset_info: dict | None = None) -> dict:
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "repo_id": args.hub_model_id,
         "model_name": (args.hub_model_id or Path(args.output_dir).name).split("/")[-1],
+        "card": card_metadata(trainer, **(card or {})),
     }
 
 
-def write_run_artifacts(trainer: Trainer, dataset_info: dict | None = None,
-                        repo_id: str | None = None) -> dict[str, Path]:
+def write_run_artifacts(trainer: Trainer, dataset_info: dict | None = None, repo_id: str | None = None,
+                        **card) -> dict[str, Path]:
     """Record the live run into ``trainer.args.output_dir``, then render its loss curve and model card.
 
     Call it on every rank at the end of ``train()``; only the main process writes. ``dataset_info`` is shown
     in the card's Data section (``tokens_seen`` comes from the trainer state when
     ``include_num_input_tokens_seen`` was on); ``repo_id`` is the repository the card's loading snippet
-    names (default: ``--hub_model_id``). Returns: file name -> path of every file written.
+    names (default: ``--hub_model_id``). ``card`` takes the keyword arguments of transformers'
+    ``Trainer.create_model_card`` (``finetuned_from``, ``tasks``, ``dataset``, ``tags``, ``model_name``,
+    ``language``, ``license``, ``dataset_tags``, ``dataset_args``; see :func:`card_metadata`).
+    Returns: file name -> path of every file written.
     """
+    unknown = set(card) - set(CARD_FIELDS)
+    if unknown:
+        raise TypeError(f"Unknown model card argument(s) {sorted(unknown)}: the card takes {', '.join(CARD_FIELDS)}.")
     if not trainer.is_world_process_zero():
         return {}
     out = Path(trainer.args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     trainer.save_state()
     (out / TRAINING_ARGS_FILE).write_text(trainer.args.to_json_string())
-    write_json(out / RUN_INFO_FILE, run_info(trainer, dataset_info))
+    write_json(out / RUN_INFO_FILE, run_info(trainer, dataset_info, card))
     written = {n: out / n for n in (TRAINER_STATE_FILE, TRAINING_ARGS_FILE, RUN_INFO_FILE)}
     monitor = monitor_of(trainer)
     if monitor is not None:

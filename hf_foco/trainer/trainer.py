@@ -24,12 +24,14 @@ checkpoints and resume) is transformers' own. What differs:
 * Defaults: a :class:`StabilityCallback` (unless ``--stability_monitor false``), the top Hessian eigenvalue
   with ``--hessian_every_n_steps``, a ``wall_time_s`` stamp on every log entry, and, when no
   ``compute_metrics`` is given, next-token accuracy and perplexity from the packaged evaluate module.
-  ``create_model_card`` / ``push_to_hub`` write and upload a pretraining card (:mod:`hf_foco.artifacts`).
+  ``create_model_card`` / ``push_to_hub`` take transformers' arguments and write and upload a pretraining
+  card (:mod:`hf_foco.artifacts`) with the run record beside the stock result files.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 from accelerate.optimizer import AcceleratedOptimizer
@@ -41,6 +43,7 @@ from ..distributed import register_compression
 from ..optim import create_optimizer, spec_of
 from .arguments import is_registry_optim
 from .evaluation import LMMetrics, preprocess_logits_for_lm_metrics
+from .record import INFER, write_run_artifacts
 from .sharpness import HessianEigenvalueCallback
 from .stability import StabilityCallback, monitor_of
 
@@ -214,29 +217,49 @@ class FocoTrainer(Trainer):
 
     # -- the finished run -----------------------------------------------------------------------------------
 
-    def create_model_card(self, *args, dataset_info: dict | None = None, **kwargs):
-        """The pretraining card of :func:`write_run_artifacts` (transformers' would call it a fine-tune)."""
-        from .record import write_run_artifacts
-
+    def create_model_card(self, language: str | None = None, license: str | None = None,
+                          tags: str | list[str] | None = None, model_name: str | None = None,
+                          finetuned_from=INFER, tasks: str | list[str] | None = None,
+                          dataset_tags: str | list[str] | None = None, dataset: str | list[str] | None = None,
+                          dataset_args: str | list[str] | None = None, *, dataset_info: dict | None = None,
+                          repo_id: str | None = None) -> None:
+        """Write the run record and the pretraining card (:func:`write_run_artifacts`) instead of transformers'
+        fine-tuning card, taking the same arguments with the same meaning (:func:`card_metadata`; an explicit
+        ``finetuned_from=None`` means trained from scratch). ``dataset_info`` describes the data in the card's
+        Data section; ``repo_id`` is the repository its loading snippet names."""
         if self.is_world_process_zero():
-            write_run_artifacts(self, dataset_info=dataset_info)
+            card = dict(language=language, license=license, tags=tags, model_name=model_name, tasks=tasks,
+                        dataset_tags=dataset_tags, dataset=dataset, dataset_args=dataset_args)
+            if finetuned_from is not INFER:
+                card["finetuned_from"] = finetuned_from
+            write_run_artifacts(self, dataset_info=dataset_info, repo_id=repo_id, **card)
 
     def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True,
                     token: str | None = None, revision: str | None = None, private: bool | None = None,
                     dataset_info: dict | None = None, **kwargs):
-        """Save, write the run's artifacts and upload exactly the files :func:`push_run` lists."""
-        from ..artifacts.push import ensure_online, push_run
-        from .record import write_run_artifacts
+        """Upload the run as transformers' ``push_to_hub`` does (the same arguments; ``kwargs`` go to
+        :meth:`create_model_card`), with the pretraining card and exactly the files :func:`push_run` lists.
 
-        repo_id = self.args.hub_model_id or self.hub_model_id
-        if repo_id is None:
-            raise ValueError("push_to_hub needs a repository: pass --hub_model_id USER/NAME.")
-        ensure_online(self.args.output_dir, repo_id)
+        As transformers' push: the ``on_push_begin`` callbacks run, the repository is created from
+        ``--hub_model_id`` (default: the output folder's name), the model is saved, ``model_name`` defaults to
+        the repository's name, the model's tags join the card's, and an upload still in flight (from
+        ``--hub_strategy every_save``) is waited for before this one starts. Offline it fails before
+        anything is written. Returns the ``CommitInfo`` (a ``Future`` of it with ``blocking=False``).
+        """
+        from ..artifacts.push import ensure_online, push_run
+
+        ensure_online(self.args.output_dir, self.args.hub_model_id or Path(self.args.output_dir).absolute().name)
+        self.callback_handler.on_push_begin(self.args, self.state, self.control)
+        token = token if token is not None else self.args.hub_token
+        if self.hub_model_id is None:
+            self.init_hf_repo(token=token, private=private)
+        if kwargs.get("model_name") is None and self.args.should_save:
+            kwargs["model_name"] = (self.args.hub_model_id or Path(self.args.output_dir).name).split("/")[-1]
         self.save_model(_internal_call=True)
         if not self.is_world_process_zero():
             return None
-        write_run_artifacts(self, dataset_info=dataset_info, repo_id=repo_id)
-        return push_run(self.args.output_dir, repo_id=repo_id, token=token or self.args.hub_token,
-                        private=self.args.hub_private_repo if private is None else private,
-                        revision=revision or self.args.hub_revision, commit_message=commit_message,
-                        write_artifacts=False)
+        self.create_model_card(dataset_info=dataset_info, repo_id=self.hub_model_id, **kwargs)
+        self._finish_current_push()
+        return push_run(self.args.output_dir, repo_id=self.hub_model_id, token=token, create=False,
+                        revision=revision if revision is not None else self.args.hub_revision,
+                        commit_message=commit_message, write_artifacts=False, blocking=blocking)
