@@ -15,8 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-RECIPES_DIR = Path("recipes")
-
 
 @dataclass(frozen=True)
 class Command:
@@ -81,22 +79,18 @@ def _optimizers(args: argparse.Namespace) -> int:
 
 # -- hf-foco train -----------------------------------------------------------------------------------------
 
-def known_recipes() -> list[str]:
-    """The training recipes under ./recipes (studies and accelerate configs are not recipes)."""
-    skip = {"studies", "accelerate_configs"}
-    return sorted(str(p) for p in RECIPES_DIR.glob("*/*.yaml") if p.parent.name not in skip)
-
-
 def _train(argv: list[str]) -> int:
     """``RECIPE.yaml [--key value ...]`` for the pretraining job; without a recipe, an error listing them."""
-    from .pretrain import main
-    from .recipe import RECIPE_SUFFIXES
+    from .pretrain import main, parse_args
+    from .recipe import RECIPE_SUFFIXES, recipe_groups
 
-    if argv[:1] in (["-h"], ["--help"]) or (argv and argv[0].endswith(RECIPE_SUFFIXES)):
+    if argv[:1] in (["-h"], ["--help"]):
+        parse_args(argv, prog="hf-foco train")  # prints the help and exits
+    if argv and argv[0].endswith(RECIPE_SUFFIXES):
         return main(argv)
-    recipes = known_recipes()
-    listing = (f" Recipes in {RECIPES_DIR}/: {', '.join(recipes)}." if recipes else
-               " The repository's recipes/ folder holds examples (run from the repository root to list them).")
+    recipes = recipe_groups()
+    listing = (f" Recipes: {', '.join(recipes)}." if recipes else
+               " The hf_foco repository's recipes/ folder holds examples.")
     raise SystemExit(f"hf-foco train: error: name a recipe first, e.g. `hf-foco train recipes/gpt2-nano/foco.yaml "
                      f"[--key value ...]`.{listing}")
 

@@ -22,21 +22,26 @@ from transformers import HfArgumentParser
 
 from .data import DataArguments, collate_blocks, prepare_lm_data
 from .models import ModelArguments, build_model, model_config, positions
-from .recipe import parse_recipe_args
+from .recipe import describe_recipe_usage, parse_recipe_args
 
 
-def _parser():
+def _parser(prog: str | None = None):
     from .trainer import FocoTrainingArguments
 
-    return HfArgumentParser((ModelArguments, DataArguments, FocoTrainingArguments))
+    parser = HfArgumentParser((ModelArguments, DataArguments, FocoTrainingArguments))
+    describe_recipe_usage(parser, "Pretrain GPT-2 with any hf_foco or transformers optimizer from a recipe.",
+                          "accelerate launch --config_file recipes/accelerate_configs/cpu.yaml "
+                          "scripts/run_pretrain.py recipes/gpt2-nano/foco.yaml --max_steps 100", prog=prog)
+    return parser
 
 
-def parse_args(argv: list[str] | None = None):
+def parse_args(argv: list[str] | None = None, prog: str | None = None):
     """``[RECIPE.yaml] [--key value ...]`` -> (ModelArguments, DataArguments, FocoTrainingArguments).
 
     Launched as several processes on a machine without GPU, ``use_cpu`` defaults to true (gloo DDP).
+    ``prog`` names the command in ``--help`` (default: the script's file name).
     """
-    parser = _parser()
+    parser = _parser(prog)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available():
         # A multi-process launch on a machine without accelerator (recipes/accelerate_configs/cpu_ddp.yaml):
         # only CPU DDP can work, and without use_cpu each rank would run alone.

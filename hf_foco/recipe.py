@@ -8,6 +8,7 @@ that is not a YAML mapping, or one that is not UTF-8 fails naming the file and t
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -19,6 +20,52 @@ from transformers import HfArgumentParser
 from .hints import unknown_names
 
 RECIPE_SUFFIXES = (".yaml", ".yml")
+# Folders of recipes/ that hold something else (``hf-foco compare`` studies, ``accelerate`` configs).
+NOT_RECIPES = ("studies", "accelerate_configs")
+
+
+def recipes_dir() -> Path | None:
+    """The recipes/ folder: the working directory's, else the one of the repository hf_foco runs from."""
+    for folder in (Path("recipes"), Path(__file__).resolve().parent.parent / "recipes"):
+        if folder.is_dir():
+            return folder
+    return None
+
+
+def known_recipes() -> list[str]:
+    """The training recipes (``recipes/<model>/<optimizer>.yaml``), as paths to pass on the command line."""
+    folder = recipes_dir()
+    if folder is None:
+        return []
+    return sorted(str(p) for p in folder.glob("*/*.yaml") if p.parent.name not in NOT_RECIPES)
+
+
+def recipe_groups() -> list[str]:
+    """:func:`known_recipes` by folder, for messages: ``recipes/gpt2-nano/{adamw,foco}.yaml``."""
+    folders: dict[str, list[str]] = {}
+    for recipe in known_recipes():
+        path = Path(recipe)
+        folders.setdefault(str(path.parent), []).append(path.stem)
+    return [f"{folder}/{{{','.join(names)}}}.yaml" for folder, names in folders.items()]
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Option defaults shown (as HfArgumentParser does) and the description kept as written."""
+
+
+def describe_recipe_usage(parser: HfArgumentParser, summary: str, example: str, prog: str | None = None) -> None:
+    """Make ``parser``'s ``--help`` open with the recipe: the ``RECIPE.yaml`` positional that
+    :func:`parse_recipe_args` takes, the recipes there are, and ``example``, before the long option list."""
+    listing = "\n".join(f"                  {group}" for group in recipe_groups())
+    parser.prog = prog or parser.prog
+    parser.usage = "%(prog)s RECIPE.yaml [--key value ...]"
+    parser.formatter_class = _HelpFormatter
+    parser.description = (
+        f"{summary}\n\npositional arguments:\n"
+        "  RECIPE.yaml     a YAML file of the options below (keys as the options' names, without --); any\n"
+        "                  --key value after it overrides the recipe. The recipes:\n"
+        f"{listing or '                  see recipes/ in the hf_foco repository'}\n\n"
+        f"example:\n  {example}")
 
 
 def read_recipe(path: str | Path) -> dict[str, Any]:

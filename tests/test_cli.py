@@ -1,0 +1,57 @@
+"""The command line as people expect it: plain-text help, the recipe first in run_pretrain's help, a missing
+recipe named as the error it is, and `hf-foco optimizers` in words."""
+
+import re
+import runpy
+import sys
+
+import pytest
+from helpers import REPO, SCRIPT
+
+from hf_foco import cli
+
+RST = re.compile(r"``|:(class|func|meth|mod|attr|data):`")
+
+
+@pytest.mark.parametrize("argv", [[], *([name] for name in cli.COMMANDS)], ids=lambda a: " ".join(a) or "hf-foco")
+def test_help_is_plain_text_without_restructuredtext(argv, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    try:
+        code = cli.main([*argv, "--help"])
+    except SystemExit as exit_:
+        code = exit_.code
+    assert code in (0, None)
+    text = capsys.readouterr().out
+    assert text.startswith("usage: hf-foco") and not RST.search(text), RST.search(text)
+
+
+def test_run_pretrain_help_opens_with_the_recipe_and_an_example(capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--help"])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(str(SCRIPT), run_name="__main__")
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: run_pretrain.py RECIPE.yaml [--key value ...]\n")
+    places = [text.index(s) for s in ("  RECIPE.yaml ", "recipes/gpt2-nano/{adamw,foco,focus,fop,kfac,lion,signum}.yaml",
+                                      "example:\n  accelerate launch", "\noptions:\n", "--learning_rate")]
+    assert places == sorted(places)
+
+
+def test_train_without_a_recipe_is_an_error_listing_the_recipes(monkeypatch):
+    monkeypatch.chdir(REPO)
+    for argv in (["train"], ["train", "--max_steps", "10"]):
+        with pytest.raises(SystemExit, match=r"hf-foco train: error: name a recipe first, e\.g\. `hf-foco train "
+                                             r"recipes/gpt2-nano/foco\.yaml .*Recipes: recipes/gpt2-nano/\{adamw,"):
+            cli.main(argv)
+    assert not (REPO / "trainer_output").exists()
+
+
+def test_optimizers_says_kronecker_factors_for_the_second_order_ones(capsys):
+    assert cli.main(["optimizers"]) == 0
+    text = capsys.readouterr().out
+    assert "None B/param" not in text
+    for name in ("kfac", "fop"):
+        (line,) = [row for row in text.splitlines() if row.startswith(f"{name} ")]
+        assert line.endswith("state: Kronecker factors (per layer, not per parameter)")
+    assert re.search(r"^foco .*state: 4 B/param$", text, flags=re.M)
