@@ -4,14 +4,18 @@ from .optim import create_optimizer, get_optimizer, list_optimizers, register_op
 
 __version__ = "0.1.0"
 
-__all__ = ["FocoTrainer", "FocoTrainingArguments", "__version__", "create_optimizer", "get_optimizer",
-           "list_optimizers", "register_optimizer"]
+__all__ = ["FocoTrainer", "FocoTrainingArguments", "__version__", "create_optimizer", "get_optimizer", "install",
+           "installed", "list_optimizers", "register_optimizer", "uninstall"]
+
+# Loaded on first use, so that ``import hf_foco`` does not load transformers.
+_LAZY = {"FocoTrainer": "trainer", "FocoTrainingArguments": "trainer", "install": "run", "uninstall": "run",
+         "installed": "run"}
 
 
 def __getattr__(name: str):
-    """FocoTrainer and FocoTrainingArguments on first use: ``import hf_foco`` does not load transformers."""
-    if name in ("FocoTrainer", "FocoTrainingArguments"):
-        from . import trainer
+    """FocoTrainer, FocoTrainingArguments and install/uninstall/installed (:mod:`hf_foco.run`) on first use."""
+    if name in _LAZY:
+        from importlib import import_module
 
-        return getattr(trainer, name)
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -95,6 +95,15 @@ def _train(argv: list[str]) -> int:
                      f"[--key value ...]`.{listing}")
 
 
+# -- hf-foco run -------------------------------------------------------------------------------------------
+
+def _run(argv: list[str]) -> int:
+    """``SCRIPT.py [args...]``: an unmodified Trainer script with hf_foco's optimizers (:mod:`hf_foco.run`)."""
+    from .run import main
+
+    return main(argv)
+
+
 # -- hf-foco push ------------------------------------------------------------------------------------------
 
 def _push_arguments(parser: argparse.ArgumentParser) -> None:
@@ -245,6 +254,8 @@ COMMANDS: dict[str, Command] = {
                           _optimizers_arguments),
     "train": Command("pretrain GPT-2 from a recipe: hf-foco train RECIPE.yaml [--key value ...] (as "
                      "scripts/run_pretrain.py)", _train),
+    "run": Command("run an unmodified Trainer script with every hf_foco optimizer on its --optim: hf-foco run "
+                   "SCRIPT.py [args ...]", _run),
     "compare": Command("run an optimizer study (recipes x optimizers x LRs x seeds) and write its report",
                        _compare, _compare_arguments),
     "valley": Command("the synthetic narrowing valley (FOCUS paper Fig. 2): winner maps and a CSV", _valley,
