@@ -74,6 +74,8 @@ def _optimizers(args: argparse.Namespace) -> int:
         print(f"         defaults: {defaults}")
         print(f"         capabilities: {', '.join(flags) or '-'}")
         print(f"         {row['description']}  [{row['paper']}]")
+    print("\nEach name works as --optim NAME with FocoTrainingArguments, scripts/run_pretrain.py, and any stock "
+          "Trainer script run as `hf-foco run SCRIPT.py --optim NAME ...`.")
     return 0
 
 

@@ -55,3 +55,4 @@ def test_optimizers_says_kronecker_factors_for_the_second_order_ones(capsys):
         (line,) = [row for row in text.splitlines() if row.startswith(f"{name} ")]
         assert line.endswith("state: Kronecker factors (per layer, not per parameter)")
     assert re.search(r"^foco .*state: 4 B/param$", text, flags=re.M)
+    assert "`hf-foco run SCRIPT.py --optim NAME ...`" in text  # where a stock script's closed --optim list ends
