@@ -104,6 +104,10 @@ def test_one_learning_rate_serves_the_whole_model():
         KFAC(param_groups(model, 0.1), model=model, normalize_update=False)
     with pytest.raises(ValueError, match="max_update_norm"):
         KFAC(param_groups(model, 0.1), model=model, max_update_norm=1.0)
+    # --optim_args hands a count over as a float (curvature_examples defaults to None)
+    assert KFAC(param_groups(model, 0.1), model=model, curvature_examples=4.0).curvature_examples == 4
+    with pytest.raises(ValueError, match="curvature_examples"):
+        KFAC(param_groups(model, 0.1), model=model, curvature_examples=2.5)
 
 
 def test_normalised_update_has_rms_lr_per_layer():

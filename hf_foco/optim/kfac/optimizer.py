@@ -110,8 +110,11 @@ class _KroneckerOptimizer(torch.optim.Optimizer):
         if not (isinstance(dense_steps, int) and dense_steps >= 0):
             raise ValueError(f"Invalid dense_steps={dense_steps!r}: the number of first steps with fresh factors "
                              "every step must be an int >= 0.")
-        if curvature_examples is not None and not (isinstance(curvature_examples, int) and curvature_examples >= 1):
-            raise ValueError(f"Invalid curvature_examples={curvature_examples!r}: use an int >= 1 or None (all).")
+        if curvature_examples is not None:  # a count; --optim_args hands over 4 as 4.0 (its default is None)
+            if not (isinstance(curvature_examples, (int, float)) and curvature_examples >= 1
+                    and float(curvature_examples).is_integer()):
+                raise ValueError(f"Invalid curvature_examples={curvature_examples!r}: use an int >= 1 or None (all).")
+            curvature_examples = int(curvature_examples)
         if max_update_norm is not None and not max_update_norm > 0:
             raise ValueError(f"Invalid max_update_norm={max_update_norm!r}: use a positive number or None.")
         if max_update_norm is not None and normalize_update:
