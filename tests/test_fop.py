@@ -10,6 +10,9 @@ from hf_foco.optim import FOP, KFAC, create_optimizer, param_groups
 from hf_foco.optim.kfac import curvature, fisher_orthogonal_component
 from hf_foco.trainer import FocoTrainer, FocoTrainingArguments, unwrap_optimizer
 
+# The classic K-FAC step (absolute π-split damping, SGD momentum on F⁻¹g): what the dense reference computes.
+RAW = dict(normalize_update=False, relative_damping=False, adamw_lr=0.5, weight_decay=0.0)
+
 
 def _vec(weight, bias):
     """Column-major vec of an (out, in) weight, then the bias: vec(G W A) = (A ⊗ G) vec(W)."""
@@ -21,7 +24,8 @@ def test_projection_and_update_match_a_dense_fisher():
     model = Classifier(nn.Linear, sizes=(3, 4, 3))
     x, labels = torch.randn(8, 3), torch.randint(0, 3, (8,))
     lr, damping = 0.5, 0.05
-    optimizer = FOP(model.parameters(), model=model, lr=lr, damping=damping, beta_max=10.0, eta_max=10.0)
+    optimizer = FOP(model.parameters(), model=model, lr=lr, damping=damping, beta_max=10.0, eta_max=10.0,
+                    **RAW)
     before = [p.detach().clone() for p in model.parameters()]
     params = list(model.parameters())
     g1 = torch.autograd.grad(model(x[:4], labels[:4]).loss, params)
@@ -67,7 +71,8 @@ def test_gradient_clipping_scales_the_fop_step():
     for scale in (1.0, 0.25):
         torch.manual_seed(0)
         model = Classifier(nn.Linear, sizes=(3, 4, 3))  # both layers are K-FAC layers
-        optimizer = FOP(model.parameters(), model=model, lr=0.5, damping=0.05, beta_max=10.0, eta_max=10.0)
+        optimizer = FOP(model.parameters(), model=model, lr=0.5, damping=0.05, beta_max=10.0, eta_max=10.0,
+                        **RAW)
         before = [p.detach().clone() for p in model.parameters()]
         optimizer.update_curvature({"x": x})
         model(x, labels).loss.backward()

@@ -124,6 +124,26 @@ def test_update_ratio_matches_the_parameter_change_of_a_logging_step(tmp_path):
     assert delta.item() == pytest.approx(lr * count ** 0.5, rel=1e-3)
 
 
+def test_update_rms_and_ratio_per_group_match_the_parameter_change(tmp_path):
+    """FOP: K-FAC layers and AdamW parameters are separate groups; each gets its own update RMS and ratio,
+    and FOP's β*/η* are logged on the same step."""
+    args = FocoTrainingArguments(**common_args(tmp_path, optim="fop", learning_rate=1e-2, max_steps=2,
+                                               logging_steps=2))
+    snap = Snapshots()
+    trainer = FocoTrainer(model=tiny_gpt2(), args=args, train_dataset=text_dataset(16), callbacks=[snap])
+    trainer.train()
+    before, after = snap.params[1], snap.params[2]
+    entry = next(e for e in trainer.state.log_history if "update_ratio" in e)
+    name_of = {id(p): g["name"] for g in unwrap_optimizer(trainer.optimizer).param_groups for p in g["params"]}
+    for group in ("kfac", "adamw"):
+        names = [n for n, p in trainer.model.named_parameters() if name_of[id(p)] == group]
+        delta = torch.cat([(after[n] - before[n]).flatten() for n in names])
+        weight = torch.cat([before[n].flatten() for n in names]).norm()
+        assert entry[f"update_rms/{group}"] == pytest.approx(delta.pow(2).mean().sqrt().item(), rel=1e-4)
+        assert entry[f"update_ratio/{group}"] == pytest.approx((delta.norm() / weight).item(), rel=1e-4)
+    assert 0 <= entry["fop/beta_abs_median"] <= 0.5 and 0 <= entry["fop/eta_median"] <= 2.0
+
+
 # -- the spike rule the monitor and the study reports share --------------------------------------------------
 
 def test_spike_threshold_matches_hand_computed_z_scores():

@@ -54,13 +54,13 @@ register_optimizer(
     description="The baseline: torch's AdamW with nanoGPT's GPT-2 hyperparameters.",
 )
 register_optimizer(
-    "fop", FOP, defaults=dict(lr=3e-3, momentum=0.9, adamw_lr=6e-4, weight_decay=0.1, damping=1e-2, update_freq=10),
+    "fop", FOP, defaults=dict(lr=2e-3, momentum=0.9, weight_decay=0.1, damping=0.1),
     paper="Lu & Armour, AAAI-26, arXiv:2508.13898 (hf_foco: first language-model implementation)",
     state_bytes_per_param=None, needs_layer_hooks=True, needs_half_batch_grads=True, supports_sharded_params=False,
     description="K-FAC plus the Fisher-orthogonal half-batch difference; for very large batches (DDP only).",
 )
 register_optimizer(
-    "kfac", KFAC, defaults=dict(lr=3e-3, momentum=0.9, adamw_lr=6e-4, weight_decay=0.1, damping=1e-2, update_freq=10),
+    "kfac", KFAC, defaults=dict(lr=2e-3, momentum=0.9, weight_decay=0.1, damping=0.1),
     paper="Martens & Grosse 2015, arXiv:1503.05671 (sampled-label Fisher, as FOP uses it)",
     state_bytes_per_param=None, needs_layer_hooks=True, supports_sharded_params=False,
     description="K-FAC on Linear/Conv1D layers, AdamW elsewhere; the beta*=0 ablation of FOP (DDP only).",

@@ -7,6 +7,10 @@ go wrong the signs are a gradient's spikes, a collapsing or exploding update-to-
 * ``grad_norm`` (before clipping) is the Trainer's own, read from its logs, not recomputed;
 * ``update_ratio`` = ||theta_after - theta_before|| / ||theta_before|| is measured only on steps that
   log (one parameter copy every ``logging_steps`` steps);
+* with several parameter groups (K-FAC layers vs AdamW parameters, decayed vs not), the same steps also
+  log ``update_rms/<group>`` (RMS of the applied change) and ``update_ratio/<group>``, groups named by
+  their ``name`` key (``group<i>`` without one, groups of one name pooled): a group that barely moves or
+  runs away shows up in the logs. An optimizer's own ``diagnostics()`` (FOP: its β*/η*) is logged alike;
 * a loss spike is a logged loss more than ``spike_zscore`` standard deviations above the mean of the
   trailing ``spike_window`` logged losses, by the rule of :mod:`.spikes` (the study reports use the same);
 * the guard checks the (clipped) gradients before every optimizer step: one fused norm over them. A
@@ -75,7 +79,9 @@ class StabilityCallback(TrainerCallback, ExportableState):
         self.max_grad_norm_seen: float | None = None
         self.last_update_ratio: float | None = None
         self._before: list[torch.Tensor] | None = None
+        self._group_of: list[str] = []  # the group name of each tensor in _before
         self._pending_ratio: float | None = None
+        self._pending_fields: dict[str, float] = {}
         self.diverged = False
 
     @classmethod
@@ -109,16 +115,38 @@ class StabilityCallback(TrainerCallback, ExportableState):
         self.consecutive_bad = 0
         if _is_logging_step(args, state, state.global_step + 1):
             self._before = [p.detach().clone() for p in params]
+            groups = optimizer.param_groups if optimizer is not None else []
+            name_of = {id(p): g.get("name", f"group{i}") for i, g in enumerate(groups) for p in g["params"]}
+            self._group_of = [name_of.get(id(p), "other") for p in params]
 
-    def on_optimizer_step(self, args, state, control, model=None, **kwargs):
+    def on_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
         if self._before is None:
             return
         after = [p.detach() for p in model.parameters() if p.grad is not None]
         if len(after) == len(self._before):
-            delta = _norms(torch._foreach_sub(after, self._before)).norm()
-            weight = _norms(self._before).norm()
-            self._pending_ratio = (delta / weight.clamp_min(1e-12)).item()
+            deltas = _norms(torch._foreach_sub(after, self._before))
+            weights = _norms(self._before)
+            self._pending_ratio = (deltas.norm() / weights.norm().clamp_min(1e-12)).item()
+            self._pending_fields = self._group_fields(deltas, weights, [p.numel() for p in after])
+        from .trainer import unwrap_optimizer  # here: trainer.py imports this module
+        diagnostics = getattr(unwrap_optimizer(optimizer), "diagnostics", None)
+        if callable(diagnostics):
+            self._pending_fields.update(diagnostics())
         self._before = None
+
+    def _group_fields(self, deltas: torch.Tensor, weights: torch.Tensor, numels: list[int]) -> dict[str, float]:
+        """update_rms/<group> and update_ratio/<group> when the tensors fall into several named groups."""
+        names = sorted(set(self._group_of))
+        if len(names) < 2:
+            return {}
+        fields = {}
+        for name in names:
+            index = torch.tensor([i for i, n in enumerate(self._group_of) if n == name], device=deltas.device)
+            delta, weight = deltas[index].norm(), weights[index].norm()
+            count = sum(numels[i] for i in index.tolist())
+            fields[f"update_rms/{name}"] = (delta / count ** 0.5).item()
+            fields[f"update_ratio/{name}"] = (delta / weight.clamp_min(1e-12)).item()
+        return fields
 
     # -- logging ----------------------------------------------------------------------------------
 
@@ -129,6 +157,8 @@ class StabilityCallback(TrainerCallback, ExportableState):
         if self._pending_ratio is not None:
             fields["update_ratio"] = self.last_update_ratio = self._pending_ratio
             self._pending_ratio = None
+        fields.update(self._pending_fields)
+        self._pending_fields = {}
         grad_norm = logs.get("grad_norm")
         if grad_norm is not None and math.isfinite(grad_norm):
             self.max_grad_norm_seen = max(self.max_grad_norm_seen or 0.0, grad_norm)

@@ -154,15 +154,31 @@ def _sample_rows(weights: torch.Tensor, generator: torch.Generator | None) -> to
     return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_max(weights.shape[-1] - 1)
 
 
+def causal_loss_mask(inputs: Mapping[str, object]) -> torch.Tensor | None:
+    """1 where a causal LM's position carries loss: its *next* label is not -100 (the last never does).
+
+    transformers' causal LMs shift internally: position t is scored against ``labels[t + 1]``. None when
+    the batch has no token-level ``labels`` (then every position counts, ``attention_mask`` aside).
+    """
+    labels, ids = inputs.get("labels"), inputs.get("input_ids")
+    if not (isinstance(labels, torch.Tensor) and isinstance(ids, torch.Tensor) and labels.shape == ids.shape):
+        return None
+    mask = torch.zeros_like(labels, dtype=torch.bool)
+    mask[..., :-1] = labels[..., 1:] != -100
+    return mask
+
+
 def sample_fisher_factors(model: nn.Module, layers: Sequence[KFACLayer], inputs: Mapping[str, object],
-                          labels: torch.Tensor | None = None,
-                          generator: torch.Generator | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+                          labels: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                          loss_mask: torch.Tensor | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Fresh factors (A, G) per layer name, in fp32, from one forward and one sampled-label backward.
 
     ``model(**inputs)`` must return logits (or an output with ``.logits``) whose last dimension is the
     class dimension. ``labels`` (same shape as the logits without their last dimension) replace the
     sampled ones (for tests); otherwise one label per position is drawn from softmax(logits). Positions
-    where ``inputs["attention_mask"]`` is 0 add no loss (their δ is 0) but their inputs still count in A.
+    where ``loss_mask`` (same shape as the labels; :func:`causal_loss_mask` for a causal LM) or
+    ``inputs["attention_mask"]`` is 0 add no loss (their δ is 0) but their inputs still count in A, and G
+    is averaged over the positions that carry loss.
     """
     inputs = {k: v for k, v in inputs.items() if k not in ("labels", "num_items_in_batch")}
     recorder = _Recorder(layers)
@@ -189,33 +205,42 @@ def sample_fisher_factors(model: nn.Module, layers: Sequence[KFACLayer], inputs:
         # ∂(summed cross-entropy)/∂logits = softmax − onehot(label), masked positions excluded.
         grad_logits = probs.index_put_((torch.arange(len(flat), device=flat.device), labels.reshape(-1).to(
             flat.device)), torch.tensor(-1.0, device=flat.device), accumulate=True)
-        mask = inputs.get("attention_mask")
-        if isinstance(mask, torch.Tensor) and mask.numel() == len(flat):
-            grad_logits *= mask.reshape(-1, 1).to(grad_logits.dtype)
+        keep = torch.ones(len(flat), device=flat.device)
+        for mask in (inputs.get("attention_mask"), loss_mask):
+            if isinstance(mask, torch.Tensor) and mask.numel() == len(flat):
+                keep = keep * mask.reshape(-1).to(device=flat.device, dtype=keep.dtype)
+        grad_logits *= keep.reshape(-1, 1)
     outputs = [recorder.records[layer.name][1] for layer in layers]
     deltas = torch.autograd.grad(logits, outputs, grad_outputs=grad_logits.view_as(logits))
     factors = {}
     for layer, delta in zip(layers, deltas):
         a = recorder.records[layer.name][0].reshape(-1, layer.in_features).float()
         d = delta.reshape(-1, layer.out_features).float()
-        factors[layer.name] = (a.T @ a / a.shape[0], d.T @ d / d.shape[0])
+        factors[layer.name] = (a.T @ a / a.shape[0], d.T @ d / keep.sum().clamp_min(1))
     return factors
 
 
-def damped_inverses(a: torch.Tensor, g: torch.Tensor, damping: float) -> tuple[torch.Tensor, ...]:
-    """(A + √λ·π·I)⁻¹, (G + √λ/π·I)⁻¹ and the bias's A-side 1/(1 + √λ·π), in fp32.
+def damped_inverses(a: torch.Tensor, g: torch.Tensor, damping: float,
+                    relative: bool = False) -> tuple[torch.Tensor, ...]:
+    """Damped inverses of A and G and the bias's damped scalar A-side, in fp32.
 
-    π = sqrt((tr A / dim A) / (tr G / dim G)) splits the damping between the factors so that neither is
-    swamped when their scales differ (activations are O(1), output gradients of a per-token loss are tiny).
-    The bias's A factor is the scalar 1 (its input is constant), damped alike: without that share it
-    would get only √λ/π of damping and move ~1/√λ·π times faster than the weight. Inverses through
-    Cholesky in fp32: bf16 factors give broken decompositions.
+    Relative (the optimizers' default): (A + √λ·ā·I)⁻¹, (G + √λ·ḡ·I)⁻¹ and 1/(1 + √λ), where ā = tr A / dim A
+    and ḡ = tr G / dim G are the factors' mean eigenvalues: λ keeps its meaning while G's scale falls
+    ~1000× in a GPT-2's first steps. (A ⊗ G's damping is then λ·ā·ḡ, λ times its mean eigenvalue.)
+
+    Absolute: (A + √λ·π·I)⁻¹, (G + √λ/π·I)⁻¹ and 1/(1 + √λ·π) with π = sqrt(ā / ḡ), which splits λ between the
+    factors so that neither is swamped when their scales differ. The bias's A factor is the scalar 1 (its
+    input is constant), damped alike. Inverses through Cholesky in fp32: bf16 factors give broken
+    decompositions.
     """
     a, g = a.float(), g.float()
     mean_a = a.diagonal().mean().clamp_min(1e-12)
     mean_g = g.diagonal().mean().clamp_min(1e-12)
-    pi = torch.sqrt(mean_a / mean_g)
     root = damping ** 0.5
+    if relative:
+        bias_inv = torch.tensor(1 / (1 + root), device=a.device)  # the bias's A is the scalar 1: ā = 1
+        return _spd_inverse(a, root * mean_a), _spd_inverse(g, root * mean_g), bias_inv
+    pi = torch.sqrt(mean_a / mean_g)
     return _spd_inverse(a, root * pi), _spd_inverse(g, root / pi), 1 / (1 + root * pi)
 
 
