@@ -39,6 +39,7 @@ and rounded down, at least 1), so every batch size sees the same tokens and abou
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -230,30 +231,29 @@ class Study:
 
     def runs(self, extensions: Mapping[tuple[str, str], Sequence[float]] | None = None) -> list[RunSpec]:
         """Every run of the grid, plus ``extensions`` ((group, optimizer) -> added LRs), in a stable order
-        (recipe, batch size, optimizer, LR, seed)."""
+        (recipe, optimizer, batch size, LR, seed): a partial study holds whole optimizers at every batch size."""
         extensions = extensions or {}
         runs = []
         for recipe_name, recipe_template in self.recipes.items():
-            for mult in self.batch_size_multipliers:
+            for grid, mult in itertools.product(self.optimizers, self.batch_size_multipliers):
                 group = recipe_name if self.batch_size_multipliers == (1,) else f"{recipe_name}-bx{mult}"
-                for grid in self.optimizers:
-                    recipe_path = Path(str(recipe_template).replace("{optimizer}", grid.name))
-                    recipe = _load_recipe(recipe_path, self.path)
-                    arguments = {**self.overrides, **grid.overrides}
-                    arguments.update(self._scale_batch({**recipe, **arguments}, mult))
-                    merged = {**TRAINER_DEFAULTS, **recipe, **arguments}
-                    tokens_per_step = self._tokens_per_step(merged)
-                    lrs = grid.learning_rates or (self._borrowed_lr(grid.name, tokens_per_step),)
-                    for lr in sorted({*lrs, *extensions.get((group, grid.name), ())}):
-                        for seed in self.seeds:
-                            name = f"{group}/{grid.name}/lr{lr:g}-seed{seed}"
-                            out = self.output_dir / "runs" / name
-                            runs.append(RunSpec(
-                                name=name, group=group, recipe=recipe_path, optimizer=grid.name,
-                                learning_rate=lr, seed=seed, batch_multiplier=mult,
-                                arguments={**arguments, "optim": grid.name, "learning_rate": lr, "seed": seed,
-                                           "output_dir": str(out)},
-                                output_dir=out, tokens_per_step=tokens_per_step))
+                recipe_path = Path(str(recipe_template).replace("{optimizer}", grid.name))
+                recipe = _load_recipe(recipe_path, self.path)
+                arguments = {**self.overrides, **grid.overrides}
+                arguments.update(self._scale_batch({**recipe, **arguments}, mult))
+                merged = {**TRAINER_DEFAULTS, **recipe, **arguments}
+                tokens_per_step = self._tokens_per_step(merged)
+                lrs = grid.learning_rates or (self._borrowed_lr(grid.name, tokens_per_step),)
+                for lr in sorted({*lrs, *extensions.get((group, grid.name), ())}):
+                    for seed in self.seeds:
+                        name = f"{group}/{grid.name}/lr{lr:g}-seed{seed}"
+                        out = self.output_dir / "runs" / name
+                        runs.append(RunSpec(
+                            name=name, group=group, recipe=recipe_path, optimizer=grid.name,
+                            learning_rate=lr, seed=seed, batch_multiplier=mult,
+                            arguments={**arguments, "optim": grid.name, "learning_rate": lr, "seed": seed,
+                                       "output_dir": str(out)},
+                            output_dir=out, tokens_per_step=tokens_per_step))
         return runs
 
     def _borrowed_lr(self, optimizer: str, tokens_per_step: int) -> float:
