@@ -447,3 +447,32 @@ def test_two_run_study_end_to_end_with_resume(tmp_path, monkeypatch):
     images = re.findall(r"\(plots/(.+?)\)", report)
     assert {f"{kind}-{first.group}.png" for kind in ("curves", "lr", "sharpness")} <= set(images)
     assert all((study.output_dir / "plots" / image).stat().st_size > 0 for image in images)
+
+
+# -- the README's verdict rules (scripts/verdict.py) on hand-made summaries -------------------------------------
+
+def test_verdict_rules_on_hand_made_summaries():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("verdict", Path(__file__).parents[1] / "scripts" / "verdict.py")
+    verdict = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(verdict)
+
+    def group(tokens, **means):  # optimizer -> (mean, std) of the final eval loss over 2 seeds
+        return {"tokens_per_step": tokens, "optimizers": {
+            opt: {"final_eval_loss": {"mean": m, "std": sd, "n": 2}} for opt, (m, sd) in means.items()}}
+
+    small = group(512, adamw=(5.0, 0.01), focus=(4.8, 0.01), foco=(4.82, 0.01), kfac=(4.5, 0.01), fop=(4.5, 0.01))
+    large = group(4096, adamw=(5.0, 0.01), focus=(5.0, 0.01), foco=(5.1, 0.01), kfac=(4.9, 0.01), fop=(4.7, 0.02))
+    groups = verdict._groups_by_batch({"groups": {"b": large, "a": small}}, "noise")
+    assert [label for label, _ in groups] == ["noise 512 tok/step", "noise 4096 tok/step"]
+    # (b) advantage over AdamW: focus 0.2 -> 0.0, foco 0.18 -> -0.1: grows with noise by > 2 se for both.
+    assert verdict.claim_b(groups)[1] == "holds"
+    # (e) foco - focus: +0.02 ± 0.01 at 512 (within 2 se), +0.1 ± 0.01 at 4096 (not).
+    measurement, result = verdict.claim_e(groups)
+    assert result == "does not hold" and "+0.020 ± 0.010" in measurement
+    # (f) at 4096: FOP - K-FAC = -0.2 ± sqrt(0.02² / 2 + 0.01² / 2) = ± 0.0158, FOP - AdamW = -0.3: holds.
+    assert verdict.claim_f(groups)[1] == "holds" and "-0.200 ± 0.016" in verdict.claim_f(groups)[0]
+    large["optimizers"]["fop"]["final_eval_loss"]["mean"] = 4.92  # +0.02 ± 0.016 vs K-FAC: within the noise
+    assert verdict.claim_f(groups)[1] == "not shown at this scale"
+    assert verdict.claim_b(groups[:1]) == ("", verdict.PENDING)  # one batch size: nothing to compare yet
