@@ -105,8 +105,13 @@ def final_value(log_history: Sequence[dict[str, Any]], key: str) -> float | None
 
 
 def divergence_reason(run: RunLog, late_fraction: float = DEFAULT_LATE_FRACTION) -> str | None:
-    """Why the run counts as diverged (a short phrase), or None if it did not."""
-    return "crashed" if run.crashed else loss_divergence(run.log_history, late_fraction)
+    """Why the run counts as diverged (a short phrase), or None if it did not. A run that logged no train loss
+    cannot be judged, and counts as diverged."""
+    if run.crashed:
+        return "crashed"
+    if not run.series("loss")[1]:
+        return "no train loss logged"
+    return loss_divergence(run.log_history, late_fraction)
 
 
 def initial_loss(log_history: Sequence[dict[str, Any]]) -> float | None:

@@ -74,12 +74,13 @@ def spike_indices(losses: Iterable[float], window: int = DEFAULT_WINDOW, zscore:
 
 
 def loss_divergence(log_history: Iterable[dict[str, Any]], late_fraction: float = DEFAULT_LATE_FRACTION) -> str | None:
-    """Why a Trainer ``log_history`` counts as diverged under the rule above (a short phrase), or None."""
+    """Why a Trainer ``log_history`` counts as diverged under the rule above (a short phrase), or None (also
+    when no train loss was logged: nothing to judge)."""
     entries = list(log_history)
     train = [(int(e["step"]), float(e["loss"])) for e in entries if e.get("loss") is not None]
     evals = [float(e["eval_loss"]) for e in entries if e.get("eval_loss") is not None]
     if not train:
-        return "no train loss logged"
+        return None
     if not math.isfinite(train[-1][1]) or (evals and not math.isfinite(evals[-1])):
         return "non-finite final loss"
     initial, last = train[0][1], train[-1][0]
