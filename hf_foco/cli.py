@@ -139,20 +139,26 @@ def _compare_arguments(parser: argparse.ArgumentParser) -> None:
                         "else runs/studies/<name>)")
     parser.add_argument("--launcher", help="command that trains one run from `RECIPE --key value ...` "
                         "(default: python -m hf_foco.cli train; e.g. 'accelerate launch -m hf_foco.cli train')")
+    parser.add_argument("--learning_rates_from", help="output directory of a finished (or reported) study whose "
+                        "best LRs the optimizers without learning_rates take (overrides the study file's)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once (default 1)")
+    parser.add_argument("--threads_per_run", type=int, help="OpenMP/MKL threads per run (default: the CPU count "
+                        "divided by --jobs; with one job, the environment's setting)")
     parser.add_argument("--retry_failed", action="store_true", help="rerun failed runs (finished runs are "
                         "always skipped)")
-    parser.add_argument("--report_only", action="store_true", help="write the report from the runs done so far")
+    parser.add_argument("--report_only", action="store_true", help="write the report from the runs done so far "
+                        "(also while the study is running, or after it was interrupted)")
     parser.add_argument("--dry_run", action="store_true", help="print each run's command and status; run nothing")
 
 
 def _compare(args: argparse.Namespace) -> int:
     from .compare.report import report_study
-    from .compare.runner import DEFAULT_LAUNCHER, read_marker, run_study
+    from .compare.runner import DEFAULT_LAUNCHER, current_runs, read_marker, run_study
     from .compare.study import Study
 
     launcher = shlex.split(args.launcher) if args.launcher else list(DEFAULT_LAUNCHER)
     try:
-        study = Study.from_yaml(args.study, args.output_dir)
+        study = Study.from_yaml(args.study, args.output_dir, args.learning_rates_from)
         # Before real runs only: the check is about this host too (bf16 recipes fail on a CPU), and a
         # custom launcher may take other keys.
         if not (args.dry_run or args.report_only) and launcher == list(DEFAULT_LAUNCHER):
@@ -161,12 +167,17 @@ def _compare(args: argparse.Namespace) -> int:
         print(f"hf-foco compare: {err}", file=sys.stderr)
         return 2
     if args.dry_run:
-        for spec in study.runs():
+        for spec in current_runs(study):
             status = (read_marker(spec) or {}).get("status", "pending")
             print(f"[{status}] {shlex.join([*launcher, *spec.argv()])}")
         return 0
     if not args.report_only:
-        run_study(study, launcher, retry_failed=args.retry_failed)
+        try:
+            run_study(study, launcher, retry_failed=args.retry_failed, jobs=args.jobs,
+                      threads_per_run=args.threads_per_run)
+        except ValueError as err:
+            print(f"hf-foco compare: {err}", file=sys.stderr)
+            return 2
     report_study(study)
     print(f"Report: {study.output_dir / 'report.md'}")
     return 0

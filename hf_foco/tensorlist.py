@@ -1,5 +1,5 @@
 """Vectors in parameter space, held as lists of parameter-shaped tensors (a layer's weight and bias, or a
-whole model's parameters), and the inner product the curvature code and the sharpness probe share."""
+whole model's parameters), and the inner product the curvature code uses."""
 
 from __future__ import annotations
 

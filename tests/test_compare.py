@@ -1,4 +1,5 @@
-"""The study runner: report arithmetic on hand-made logs, study parsing, sharpness, and a mini study end to end."""
+"""The study runner: report arithmetic on hand-made logs (divergence, spikes, steps to target, LR sensitivity,
+grid extension), study parsing, the runner on a fake launcher, sharpness, and a mini study end to end."""
 
 from __future__ import annotations
 
@@ -7,21 +8,26 @@ import math
 import re
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 import yaml
+from transformers import TrainerControl, TrainerState
 
 from hf_foco.compare.analysis import (
     AnalysisConfig,
     RunLog,
+    analyse_run,
     divergence_reason,
+    grid_extension,
     nan_guard_skips,
     steps_to_target,
     summarize,
 )
 from hf_foco.compare.study import Study
-from hf_foco.trainer.sharpness import top_hessian_eigenvalue
+from hf_foco.trainer import StabilityCallback
+from hf_foco.trainer.sharpness import RESIDUAL_KEY, lanczos_top_eigenpair, top_hessian_eigenpair
 
 
 def history(train: dict[int, float], evals: dict[int, float] | None = None) -> list[dict]:
@@ -34,7 +40,7 @@ def history(train: dict[int, float], evals: dict[int, float] | None = None) -> l
 def run(name="r", optimizer="adamw", lr=1e-3, seed=0, train=None, evals=None, **kwargs) -> RunLog:
     train = train if train is not None else {s: 5.0 - s / 50 for s in range(10, 101, 10)}
     return RunLog(name=name, group="g", optimizer=optimizer, learning_rate=lr, seed=seed,
-                  log_history=history(train, evals), **kwargs)
+                  log_history=history(train, evals), tokens_per_step=512, **kwargs)
 
 
 # -- divergence ---------------------------------------------------------------------------------------
@@ -57,6 +63,27 @@ def test_crash_nan_and_late_rise_are_divergence_but_an_early_recovered_spike_is_
     assert divergence_reason(run(train=early), late_fraction=0.8) is not None
 
 
+def test_the_study_and_the_stability_monitor_apply_one_spike_rule_and_one_divergence_rule(tmp_path):
+    """Feed the same logged losses to the live monitor and to the study's analysis: same spikes, same verdict."""
+    noise = [0.02, -0.03, 0.01, 0.0, -0.01, 0.03, -0.02, 0.01]
+    losses = [4.0 - 0.01 * i + noise[i % 8] for i in range(40)]
+    losses[20] += 1.0  # a spike (z ~ 50 against a std of ~0.03), recovered from
+    losses[30] = 4.5   # late in the run (last quarter: steps >= 30) and above the first loss 4.02: diverged
+    monitor, state = StabilityCallback(), TrainerState()
+    for step, loss in enumerate(losses, start=1):
+        state.global_step = step
+        state.log_history.append({"loss": loss, "step": step})
+        monitor.on_log(None, state, TrainerControl(), logs={"loss": loss})
+    summary = monitor.write_summary(SimpleNamespace(output_dir=str(tmp_path)), state)
+    row = analyse_run(RunLog("r", "g", "adamw", 1e-3, 0, log_history=state.log_history))
+    assert [s["step"] for s in summary["loss_spikes"]] == [21, 31] and row["loss_spikes"] == 2
+    assert summary["loss_divergence"] == row["divergence_reason"] == "loss 4.5 at step 31 above the initial 4.02"
+    losses[30] = 3.7  # no late excursion above the first loss: neither calls it diverged
+    state.log_history[30]["loss"] = 3.7
+    assert monitor.write_summary(SimpleNamespace(output_dir=str(tmp_path)), state)["loss_divergence"] is None
+    assert divergence_reason(RunLog("r", "g", "adamw", 1e-3, 0, log_history=state.log_history)) is None
+
+
 # -- stability summaries ---------------------------------------------------------------------------------
 
 def test_nan_guard_skips_read_from_the_monitor_summary():
@@ -72,10 +99,13 @@ def evals_reaching(final: float, at_step: int, last: int = 100) -> dict[int, flo
     return {s: 6.0 - (6.0 - final) * min(s, at_step) / at_step for s in range(10, last + 1, 10)}
 
 
-def test_steps_to_target_is_the_first_eval_at_or_below_it():
-    logs = history({}, {10: 5.0, 20: 4.0, 30: 3.5, 40: 3.4})
-    assert steps_to_target(logs, 3.5) == 30
-    assert steps_to_target(logs, 3.45) == 40
+def test_steps_to_target_interpolate_between_the_evals_that_straddle_it():
+    logs = history({}, {0: 8.0, 10: 5.0, 20: 4.0, 30: 3.5, 40: 3.4})
+    assert steps_to_target(logs, 3.5) == 30  # an eval exactly at the target
+    assert steps_to_target(logs, 4.5) == pytest.approx(15.0)  # halfway from 5.0 (step 10) to 4.0 (step 20)
+    assert steps_to_target(logs, 3.45) == pytest.approx(35.0)
+    assert steps_to_target(logs, 6.0) == pytest.approx(10 * 2 / 3)  # 8.0 -> 5.0 over steps 0-10
+    assert steps_to_target(logs, 9.0) == 0  # the first eval is already there
     assert steps_to_target(logs, 3.0) is None
 
 
@@ -101,19 +131,73 @@ def test_group_summary_target_best_lr_speedup_and_stability():
     assert group["reference_run"] == "a1s0" and group["reference_steps"] == 100
     adamw, foco, lion = (group["optimizers"][k] for k in ("adamw", "foco", "lion"))
     assert adamw["best_learning_rate"] == 1e-3 and foco["best_learning_rate"] == 3e-3
-    # foco seed 0 evals: step 40 -> 6 - 3.2 * 0.8 = 3.44 > 3.0, step 50 -> 2.8: reaches at 50.
-    # foco seed 1 evals: step 70 -> 6 - 3.1 * 7 / 8 = 3.2875, step 80 -> 2.9: reaches at 80.
-    expected = [100 / 50, 100 / 80]
+    # AdamW's reference run reaches 3.0 at its eval of step 100 (step 90: 6 - 3 * 0.9 = 3.3).
+    # foco seed 0 evals: step 40 -> 6 - 3.2 * 0.8 = 3.44, step 50 -> 2.8: 40 + 10 * 0.44 / 0.64 = 46.875.
+    # foco seed 1 evals: step 70 -> 6 - 3.1 * 7 / 8 = 3.2875, step 80 -> 2.9: 70 + 10 * 0.2875 / 0.3875.
+    steps = [40 + 10 * 0.44 / 0.64, 70 + 10 * 0.2875 / 0.3875]
+    expected = [100 / steps[0], 100 / steps[1]]
     assert foco["speedup"]["mean"] == pytest.approx(sum(expected) / 2)
     assert foco["speedup"]["std"] == pytest.approx(abs(expected[0] - expected[1]) / math.sqrt(2))
-    assert foco["steps_to_target"]["min"] == 50 and foco["missed"] == 0
-    # lion: seed 0 at step 20 (6 - 3.1 = 2.9 <= 3.0; step 10 is 4.45) -> 5x; seed 1 misses -> counts 1.0.
-    assert lion["speedup"]["mean"] == pytest.approx((5.0 + 1.0) / 2) and lion["missed"] == 1
+    assert foco["steps_to_target"]["min"] == pytest.approx(steps[0]) and foco["missed"] == 0
+    assert foco["tokens_to_target"]["mean"] == pytest.approx(512 * sum(steps) / 2)  # 512 tokens per step
+    # lion: seed 0 between step 10 (4.45) and 20 (2.9): 10 + 10 * 1.45 / 1.55; seed 1 misses -> counts 1.0.
+    assert lion["speedup"]["mean"] == pytest.approx((100 / (10 + 10 * 1.45 / 1.55) + 1.0) / 2) and lion["missed"] == 1
     # Stability over all of foco's runs: the crash counts as a divergence; NaN-guard skips add up.
     assert (foco["diverged"], foco["runs"], foco["nan_guard_skips"]) == (1, 4, 4)
     assert adamw["speedup"]["max"] == pytest.approx(1.0)
     rows = {r["name"]: r for r in summary["runs"]}
     assert rows["f9s1"]["divergence_reason"] == "crashed" and rows["f9s1"]["steps_to_target"] is None
+
+
+# -- LR sensitivity, largest stable LR, grid extension --------------------------------------------------------
+
+def row(lr: float, final: float | None, diverged: bool = False, initial: float = 8.0, seed: int = 0) -> dict:
+    """The fields of an ``analyse_run`` row that the LR rules read."""
+    return {"learning_rate": lr, "final_eval_loss": final, "diverged": diverged, "initial_loss": initial,
+            "seed": seed}
+
+
+def test_lr_sensitivity_and_largest_stable_lr_on_hand_made_logs():
+    # Initial eval loss 8.0 (eval_on_start). lr 1e-3: 5.0, 5.2 -> 5.1; lr 2e-3: 4.0, 4.2 -> 4.1 (best);
+    # lr 4e-3: one seed NaN (counts as 8.0), one ends at 9.0 (capped at 8.0) -> 8.0; both diverged.
+    finals = {1e-3: [5.0, 5.2], 2e-3: [4.0, 4.2], 4e-3: [math.nan, 9.0]}
+    runs = [run(f"a{lr}-{seed}", "adamw", lr, seed, train={10: 7.0, 50: 6.0, 100: loss},
+                evals={0: 8.0, 100: loss}) for lr, losses in finals.items() for seed, loss in enumerate(losses)]
+    entry = summarize(runs)["groups"]["g"]["optimizers"]["adamw"]
+    assert entry["lr_sensitivity"] == pytest.approx(((5.1 - 4.1) + 0.0 + (8.0 - 4.1)) / 3)
+    assert entry["largest_stable_lr"] == 2e-3 and entry["diverged"] == 2
+    assert entry["best_learning_rate"] == 2e-3 and entry["bracketed"]
+    assert entry["learning_rates"] == [1e-3, 2e-3, 4e-3]
+    # Every LR equally good: sensitivity 0; nothing diverged: the top of the grid is the largest stable LR.
+    flat = [run(f"f{lr}", "adamw", lr, 0, evals={0: 8.0, 100: 5.0}) for lr in (1e-3, 2e-3)]
+    entry = summarize(flat)["groups"]["g"]["optimizers"]["adamw"]
+    assert entry["lr_sensitivity"] == 0.0 and entry["largest_stable_lr"] == 2e-3 and not entry["bracketed"]
+
+
+@pytest.mark.parametrize("rows, expected", [
+    ([row(1e-3, 5.0), row(2e-3, 4.0), row(4e-3, 4.5)], None),              # bracketed
+    ([row(1e-3, 5.0), row(2e-3, 4.5), row(4e-3, 4.0)], 8e-3),              # best at the top: one more above
+    ([row(1e-3, 4.0), row(2e-3, 4.5), row(4e-3, 5.0)], 5e-4),              # best at the bottom: one below
+    ([row(1e-3, 5.0), row(2e-3, 4.0), row(4e-3, 3.0, diverged=True)], None),  # bracketed by a divergence
+    ([row(1e-3, 5.0), row(4e-3, 4.0, seed=0), row(4e-3, 4.4, diverged=True, seed=1)], 2.5e-4),  # only 1e-3 is
+    ([row(1e-3, 7.0, True), row(2e-3, None, True)], 5e-4),                  # all diverged: go lower
+    ([row(1e-3, 5.0), row(3e-3, 4.0)], 9e-3),                                # the grid's own ratio, x3
+    ([row(1e-3, 5.0), row(3.16e-3, 4.0)], 0.009986),                         # rounded to 4 digits
+    ([row(1e-3, 5.0, seed=0), row(1e-3, 5.4, seed=1), row(2e-3, 5.1, seed=0), row(2e-3, 5.2, seed=1)], 4e-3),
+])
+def test_grid_extension_decisions(rows, expected):
+    """The last-but-one case: lr 4e-3 diverged on one seed, so 1e-3 is the only eligible (and bottom) LR.
+    The last: seed means 5.2 and 5.15, so the top LR is best though seed 0 alone prefers the bottom."""
+    assert grid_extension(rows) == (pytest.approx(expected) if expected else None)
+
+
+def test_grid_extension_needs_two_learning_rates(tmp_path):
+    with pytest.raises(ValueError, match="two learning rates"):
+        grid_extension([row(1e-3, 5.0)])
+    path = write_study(tmp_path, {"block_size": 8, "max_steps": 10}, {
+        "max_grid_extensions": 1, "optimizers": {"adamw": {"learning_rates": [1.0e-3]}}})
+    with pytest.raises(ValueError, match="fewer than 2 learning_rates"):
+        Study.from_yaml(path)
 
 
 # -- study files ----------------------------------------------------------------------------------------------
@@ -200,6 +284,71 @@ def test_a_crashing_run_is_recorded_and_the_study_goes_on(tmp_path):
     assert group["optimizers"]["adamw"]["diverged"] == 2 and group["target_eval_loss"] is None
 
 
+# -- the runner: grid extension, jobs, threads and resume, on a fake trainer ------------------------------------
+
+FAKE_TRAINER = """
+import json, math, os, sys
+options = dict(zip(sys.argv[2::2], sys.argv[3::2]))  # after the recipe: --key value pairs
+optimum = {"adamw": 0.016, "lion": 0.002}[options["--optim"]]
+lr, seed = float(options["--learning_rate"]), int(options["--seed"])
+loss = 4.0 + 0.1 * math.log2(lr / optimum) ** 2 + 0.01 * seed
+history = [{"step": 0, "eval_loss": 8.0}, {"step": 10, "loss": 6.0}, {"step": 20, "loss": loss, "eval_loss": loss}]
+state = {"log_history": history, "threads": os.environ.get("OMP_NUM_THREADS")}
+json.dump(state, open(os.path.join(options["--output_dir"], "trainer_state.json"), "w"))
+"""
+
+
+def test_runner_extends_grids_until_bracketed_or_the_limit_with_parallel_jobs(tmp_path):
+    from hf_foco.compare.report import report_study
+    from hf_foco.compare.runner import current_runs, run_study
+
+    path = write_study(tmp_path, {"block_size": 8, "max_steps": 20}, {
+        "name": "fake", "seeds": [0], "max_grid_extensions": 2, "output_dir": str(tmp_path / "out"),
+        "optimizers": {"adamw": {"learning_rates": [1.0e-3, 2.0e-3, 4.0e-3]},
+                       "lion": {"learning_rates": [1.0e-3, 2.0e-3, 4.0e-3]}}})
+    study = Study.from_yaml(path)
+    (tmp_path / "fake.py").write_text(FAKE_TRAINER)
+    started = run_study(study, [sys.executable, str(tmp_path / "fake.py")], jobs=2, threads_per_run=1)
+    lrs = {opt: sorted({s.learning_rate for s in started if s.optimizer == opt}) for opt in ("adamw", "lion")}
+    # adamw's optimum (0.016) lies above its grid: 8e-3, then 1.6e-2, then the limit of 2 extensions.
+    assert lrs == {"adamw": [1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2], "lion": [1e-3, 2e-3, 4e-3]}
+    assert len(started) == 5 + 3 and len({s.name for s in started}) == len(started)
+    assert all(json.loads((s.output_dir / "trainer_state.json").read_text())["threads"] == "1" for s in started)
+    assert run_study(study, [sys.executable, str(tmp_path / "fake.py")]) == []  # resumed: nothing left
+    assert {s.name for s in current_runs(study)} == {s.name for s in started}
+
+    summary = report_study(study)
+    adamw, lion = (summary["groups"][started[0].group]["optimizers"][k] for k in ("adamw", "lion"))
+    assert (adamw["best_learning_rate"], adamw["bracketed"]) == (1.6e-2, False)
+    assert (lion["best_learning_rate"], lion["bracketed"]) == (2e-3, True)
+    report = (study.output_dir / "report.md").read_text()
+    assert "| adamw | 0.016 (edge) |" in report and "Unbracketed optimum" in report
+
+
+
+def test_learning_rates_from_another_study_match_the_batch_size(tmp_path):
+    source = tmp_path / "noise"
+    source.mkdir()
+    groups = {"nano-bx1": {"tokens_per_step": 32, "optimizers": {"adamw": {"best_learning_rate": 4e-3},
+                                                                 "lion": {"best_learning_rate": None}}},
+              "nano-bx8": {"tokens_per_step": 256, "optimizers": {"adamw": {"best_learning_rate": 1e-2}}}}
+    (source / "summary.json").write_text(json.dumps({"groups": groups}))
+    recipe = {"block_size": 8, "per_device_train_batch_size": 4, "max_steps": 10}
+    path = write_study(tmp_path, recipe, {"seeds": [0, 1], "learning_rates_from": str(source),
+                                          "optimizers": {"adamw": None, "signum": {"learning_rates": [1.0e-4]}}})
+    runs = Study.from_yaml(path).runs()
+    assert [(r.optimizer, r.learning_rate) for r in runs] == [("adamw", 4e-3)] * 2 + [("signum", 1e-4)] * 2
+    path.write_text(yaml.safe_dump({"recipe": "recipe.yaml", "optimizers": {"lion": None},
+                                    "learning_rates_from": str(source)}))
+    with pytest.raises(ValueError, match="0 best LRs for 'lion' at 32 tokens per step"):
+        Study.from_yaml(path)
+    with pytest.raises(ValueError, match="no summary.json"):
+        Study.from_yaml(path, learning_rates_from=tmp_path)
+    path.write_text(yaml.safe_dump({"recipe": "recipe.yaml", "optimizers": {"lion": None}}))
+    with pytest.raises(ValueError, match="learning_rates_from"):  # no LRs and nowhere to borrow them from
+        Study.from_yaml(path)
+
+
 # -- sharpness ------------------------------------------------------------------------------------------------
 
 class Quadratic(torch.nn.Module):
@@ -214,15 +363,33 @@ class Quadratic(torch.nn.Module):
         return type("Out", (), {"loss": 0.5 * self.w @ self.a @ self.w})()
 
 
-@pytest.mark.parametrize("eigenvalues", [[7.0, 3.0, 1.0, 0.5, -0.2, 0.1], [-9.0, 4.0, 1.0, 0.5, -0.2, 0.1]])
-def test_power_iteration_finds_the_top_eigenvalue_of_a_known_hessian(eigenvalues):
-    """Also when the largest-magnitude eigenvalue is negative (the second case): the top one is still found."""
+def symmetric(eigenvalues: list[float]) -> torch.Tensor:
+    q, _ = torch.linalg.qr(torch.randn(len(eigenvalues), len(eigenvalues), dtype=torch.float64))
+    return (q * torch.tensor(eigenvalues, dtype=torch.float64)) @ q.T
+
+
+@pytest.mark.parametrize("top, dominant", [(7.0, 7.0), (4.0, -40.0)])
+def test_lanczos_finds_the_top_eigenvalue_of_a_known_hessian(top, dominant):
+    """Also when the largest-magnitude eigenvalue is negative (the second case, where the old shifted power
+    iteration returned ~0 after 8 iterations): 80 weights, a bulk in [-1, 1], default 20 iterations."""
     torch.manual_seed(0)
-    q, _ = torch.linalg.qr(torch.randn(6, 6))
-    model = Quadratic(q @ torch.diag(torch.tensor(eigenvalues)) @ q.T)
-    value = top_hessian_eigenvalue(model, {"input_ids": torch.zeros(1)}, num_iterations=80)
-    assert value == pytest.approx(float(torch.linalg.eigvalsh(model.a).max()), rel=1e-4)
+    bulk = (torch.rand(77) * 2 - 1).tolist()
+    model = Quadratic(symmetric([dominant, top, 0.8 * top] + bulk).float())
+    value, residual = top_hessian_eigenpair(model, {"input_ids": torch.zeros(1)})
+    exact = float(torch.linalg.eigvalsh(model.a.double()).max())
+    assert value == pytest.approx(exact, rel=1e-4) and residual < 1e-3 * abs(exact)
     assert model.w.grad is None and model.training
+
+
+def test_lanczos_residual_is_an_honest_error_bound():
+    """Too few iterations: θ is off, and the reported ‖Av − θv‖ is large enough to say so (some eigenvalue of
+    A lies within it of θ, here the top one, since θ is above every other)."""
+    torch.manual_seed(1)
+    a = symmetric([5.0, 4.9, 4.8] + (torch.rand(97) * 4).tolist())
+    theta, residual = lanczos_top_eigenpair(lambda v: (a @ v.double()).float(), torch.randn(100), 3)
+    assert abs(theta - 5.0) > 1e-3 and abs(theta - 5.0) <= residual
+    theta, residual = lanczos_top_eigenpair(lambda v: (a @ v.double()).float(), torch.randn(100), 100)
+    assert theta == pytest.approx(5.0, rel=1e-5) and residual < 1e-4  # an invariant subspace: exact
 
 
 # -- a two-run study, end to end, with the real pretraining pipeline in subprocesses -------------------------------
@@ -255,6 +422,9 @@ def test_two_run_study_end_to_end_with_resume(tmp_path, monkeypatch):
     second.output_dir.mkdir(parents=True)
     (second.output_dir / "partial-checkpoint").write_text("left by the interrupted run")
 
+    assert cli(["compare", str(path), "--report_only"]) == 0  # a partial study reports what it has
+    assert json.loads((study.output_dir / "summary.json").read_text())["pending"] == [second.name]
+
     assert [r.name for r in run_study(study)] == [second.name]  # the finished run is skipped
     assert (first.output_dir / "run.json").read_text() == first_marker
     assert not (second.output_dir / "partial-checkpoint").exists()
@@ -271,9 +441,38 @@ def test_two_run_study_end_to_end_with_resume(tmp_path, monkeypatch):
     assert all(r["tokens_per_step"] == 4 * 32 and not r["diverged"] for r in summary["runs"])
     stamps = [e["wall_time_s"] for e in state["log_history"] if "loss" in e or "eval_loss" in e]
     assert len(stamps) >= 4 + 2 and stamps == sorted(stamps)  # every train and eval log is time-stamped
-    eigenvalues = [e["top_hessian_eigenvalue"] for e in state["log_history"] if "top_hessian_eigenvalue" in e]
-    assert len(eigenvalues) == 2 and all(math.isfinite(v) for v in eigenvalues)  # steps 2 and 4
+    eigen = [(e["top_hessian_eigenvalue"], e[RESIDUAL_KEY]) for e in state["log_history"] if RESIDUAL_KEY in e]
+    assert len(eigen) == 2 and all(math.isfinite(v) and r >= 0 for v, r in eigen)  # steps 2 and 4
     report = (study.output_dir / "report.md").read_text()
     images = re.findall(r"\(plots/(.+?)\)", report)
     assert {f"{kind}-{first.group}.png" for kind in ("curves", "lr", "sharpness")} <= set(images)
     assert all((study.output_dir / "plots" / image).stat().st_size > 0 for image in images)
+
+
+# -- the README's verdict rules (scripts/verdict.py) on hand-made summaries -------------------------------------
+
+def test_verdict_rules_on_hand_made_summaries():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("verdict", Path(__file__).parents[1] / "scripts" / "verdict.py")
+    verdict = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(verdict)
+
+    def group(tokens, **means):  # optimizer -> (mean, std) of the final eval loss over 2 seeds
+        return {"tokens_per_step": tokens, "optimizers": {
+            opt: {"final_eval_loss": {"mean": m, "std": sd, "n": 2}} for opt, (m, sd) in means.items()}}
+
+    small = group(512, adamw=(5.0, 0.01), focus=(4.8, 0.01), foco=(4.82, 0.01), kfac=(4.5, 0.01), fop=(4.5, 0.01))
+    large = group(4096, adamw=(5.0, 0.01), focus=(5.0, 0.01), foco=(5.1, 0.01), kfac=(4.9, 0.01), fop=(4.7, 0.02))
+    groups = verdict._groups_by_batch({"groups": {"b": large, "a": small}}, "noise")
+    assert [label for label, _ in groups] == ["noise 512 tok/step", "noise 4096 tok/step"]
+    # (b) advantage over AdamW: focus 0.2 -> 0.0, foco 0.18 -> -0.1: grows with noise by > 2 se for both.
+    assert verdict.claim_b(groups)[1] == "holds"
+    # (e) foco - focus: +0.02 ± 0.01 at 512 (within 2 se), +0.1 ± 0.01 at 4096 (not).
+    measurement, result = verdict.claim_e(groups)
+    assert result == "does not hold" and "+0.020 ± 0.010" in measurement
+    # (f) at 4096: FOP - K-FAC = -0.2 ± sqrt(0.02² / 2 + 0.01² / 2) = ± 0.0158, FOP - AdamW = -0.3: holds.
+    assert verdict.claim_f(groups)[1] == "holds" and "-0.200 ± 0.016" in verdict.claim_f(groups)[0]
+    large["optimizers"]["fop"]["final_eval_loss"]["mean"] = 4.92  # +0.02 ± 0.016 vs K-FAC: within the noise
+    assert verdict.claim_f(groups)[1] == "not shown at this scale"
+    assert verdict.claim_b(groups[:1]) == ("", verdict.PENDING)  # one batch size: nothing to compare yet

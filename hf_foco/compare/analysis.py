@@ -1,21 +1,29 @@
-"""Pure arithmetic over finished runs' logs: divergence, loss spikes, steps-to-target and speedups.
+"""Pure arithmetic over finished runs' logs: divergence, spikes, steps to target, LR sensitivity, grid edges.
 
 Everything here works on plain data (a Trainer ``log_history`` list and a ``stability.json`` dict), so the
 rules can be checked on hand-made logs, independent of how the runs were produced. The rules:
 
-* **Divergence.** A run diverged if it crashed, if its final train or eval loss is non-finite, or if any
-  train loss logged in the last ``late_fraction`` of its steps is non-finite or above the first logged
-  train loss (the usual "NaN or above the initial loss" rule, applied to the late part of the run so that
-  a transient spike the run recovered from is counted as a spike, not as a divergence).
-* **Loss spikes.** The stability monitor's rule (:mod:`hf_foco.trainer.spikes`), applied to the logged
-  train losses: a z-score above ``spike_zscore`` against the trailing ``spike_window`` logged losses.
-* **Steps to target.** The first logged eval step whose eval loss is at or below the target (no
-  interpolation between evals). The target of a comparison group is the final eval loss of its best AdamW
-  run; speedup = the AdamW reference run's steps to target / the optimizer's steps to target, per seed of
-  the optimizer at its best learning rate. A run that misses the target counts as no speedup (1.0) and is
-  counted in ``missed``.
-* **Best learning rate.** The LR with the lowest mean final eval loss over seeds, among the LRs where no
-  seed diverged.
+* **Divergence and loss spikes.** The stability monitor's rules (:mod:`hf_foco.trainer.spikes`), on the
+  logged losses: a run diverged if it crashed, ended with a non-finite loss, or logged a train loss above its
+  first one in the last ``late_fraction`` of its steps; a spike is a z-score above ``spike_zscore`` against
+  the trailing ``spike_window`` logged losses.
+* **Initial loss** ℓ₀: the eval loss at step 0 (``eval_on_start``), else the first logged train loss.
+* **Best learning rate.** The LR with the lowest seed-mean final eval loss, among the LRs where no seed
+  diverged. It is **bracketed** when it is neither the smallest nor the largest LR of the grid.
+* **Grid extension.** While the best LR sits at an edge of the grid, one more LR beyond that edge, at the
+  ratio of the two outermost LRs there (the grid's log spacing); when every LR diverged, one below the
+  smallest. A best LR below a diverged one is bracketed by the divergence: no extension.
+* **Steps to target.** The target of a comparison group is the final eval loss of its best AdamW run. A
+  run's steps to target interpolate linearly between the last eval above the target and the first at or
+  below it; tokens to target = steps x tokens per step. Speedup = the AdamW reference run's steps / the
+  optimizer's, per seed at its best LR; a run that misses the target counts as no speedup (1.0) and in
+  ``missed``.
+* **LR sensitivity** (Wortsman et al. 2023, "Small-scale proxies for large-scale Transformer training
+  instabilities"): the mean over the grid's LRs of min(final eval loss, ℓ₀) − the best of those values
+  (seed means; a run without a finite final loss counts as ℓ₀). 0 means every LR of the grid is as good as
+  the best; it grows with the grid's span, so compare optimizers on grids of equal span.
+* **Largest stable LR.** The largest grid LR at which no seed diverged (a lower bound when it is the top of
+  the grid).
 """
 
 from __future__ import annotations
@@ -26,7 +34,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..trainer.spikes import DEFAULT_WINDOW, DEFAULT_ZSCORE, check_spike_settings, spike_indices
+from ..trainer.spikes import (
+    DEFAULT_LATE_FRACTION,
+    DEFAULT_WINDOW,
+    DEFAULT_ZSCORE,
+    check_spike_settings,
+    loss_divergence,
+    spike_indices,
+)
 
 REFERENCE_OPTIMIZER = "adamw"
 
@@ -37,7 +52,7 @@ class AnalysisConfig:
 
     spike_window: int = DEFAULT_WINDOW
     spike_zscore: float = DEFAULT_ZSCORE
-    late_fraction: float = 0.25
+    late_fraction: float = DEFAULT_LATE_FRACTION
 
     def __post_init__(self):
         check_spike_settings(self.spike_window, self.spike_zscore)
@@ -89,22 +104,20 @@ def final_value(log_history: Sequence[dict[str, Any]], key: str) -> float | None
     return values[-1] if values else None
 
 
-def divergence_reason(run: RunLog, late_fraction: float = AnalysisConfig.late_fraction) -> str | None:
-    """Why the run counts as diverged (a short phrase), or None if it did not."""
+def divergence_reason(run: RunLog, late_fraction: float = DEFAULT_LATE_FRACTION) -> str | None:
+    """Why the run counts as diverged (a short phrase), or None if it did not. A run that logged no train loss
+    cannot be judged, and counts as diverged."""
     if run.crashed:
         return "crashed"
-    steps, losses = run.series("loss")
-    if not losses:
+    if not run.series("loss")[1]:
         return "no train loss logged"
-    final_eval = final_value(run.log_history, "eval_loss")
-    if not math.isfinite(losses[-1]) or (final_eval is not None and not math.isfinite(final_eval)):
-        return "non-finite final loss"
-    initial = losses[0]
-    late_start = steps[-1] - late_fraction * steps[-1]
-    for step, loss in zip(steps, losses):
-        if step >= late_start and not loss <= initial:  # also true for NaN
-            return f"loss {loss:.4g} at step {step} above the initial {initial:.4g}"
-    return None
+    return loss_divergence(run.log_history, late_fraction)
+
+
+def initial_loss(log_history: Sequence[dict[str, Any]]) -> float | None:
+    """ℓ₀: the eval loss logged at step 0, else the first logged train loss."""
+    at_start = [loss for step, loss in zip(*series(log_history, "eval_loss")) if step == 0]
+    return at_start[0] if at_start else next(iter(series(log_history, "loss")[1]), None)
 
 
 def max_grad_norm(log_history: Sequence[dict[str, Any]]) -> float | None:
@@ -123,11 +136,17 @@ def nan_guard_skips(stability: dict[str, Any]) -> int:
     return len(skipped) if isinstance(skipped, list) else 0
 
 
-def steps_to_target(log_history: Sequence[dict[str, Any]], target: float) -> int | None:
-    """First eval step whose eval loss is at or below ``target``; None if the run never reaches it."""
+def steps_to_target(log_history: Sequence[dict[str, Any]], target: float) -> float | None:
+    """The step where the eval loss first reaches ``target``, linear between the two evals that straddle
+    it (the first eval if that one is already at or below it); None if the run never reaches it."""
+    previous = None
     for step, loss in zip(*series(log_history, "eval_loss")):
         if loss <= target:
-            return step
+            if previous is None:
+                return float(step)
+            (step0, loss0) = previous
+            return step0 + (step - step0) * (loss0 - target) / (loss0 - loss)
+        previous = (step, loss) if math.isfinite(loss) else None
     return None
 
 
@@ -140,7 +159,7 @@ def spread(values: Sequence[float]) -> dict[str, float] | None:
 
 
 def analyse_run(run: RunLog, config: AnalysisConfig = AnalysisConfig()) -> dict[str, Any]:
-    """The per-run row of ``summary.json``."""
+    """The per-run row of ``summary.json`` (``steps_to_target`` and ``tokens_to_target`` come with the group)."""
     losses = run.series("loss")[1]
     reason = divergence_reason(run, config.late_fraction)
     return {
@@ -148,7 +167,7 @@ def analyse_run(run: RunLog, config: AnalysisConfig = AnalysisConfig()) -> dict[
         "learning_rate": run.learning_rate, "seed": run.seed, "crashed": run.crashed,
         "diverged": reason is not None, "divergence_reason": reason,
         "steps": last_step(run.log_history), "tokens_per_step": run.tokens_per_step,
-        "initial_train_loss": losses[0] if losses else None,
+        "initial_loss": initial_loss(run.log_history),
         "final_train_loss": losses[-1] if losses else None,
         "final_eval_loss": final_value(run.log_history, "eval_loss"),
         "loss_spikes": len(spike_indices(losses, config.spike_window, config.spike_zscore)),
@@ -158,21 +177,71 @@ def analyse_run(run: RunLog, config: AnalysisConfig = AnalysisConfig()) -> dict[
     }
 
 
+def _by_lr(rows: Sequence[dict[str, Any]]) -> dict[float, list[dict[str, Any]]]:
+    by_lr: dict[float, list[dict[str, Any]]] = {}
+    for row in sorted(rows, key=lambda r: r["learning_rate"]):
+        by_lr.setdefault(row["learning_rate"], []).append(row)
+    return by_lr
+
+
+def _stable(runs: Sequence[dict[str, Any]]) -> bool:
+    return all(not r["diverged"] and r["final_eval_loss"] is not None for r in runs)
+
+
 def best_learning_rate(rows: Sequence[dict[str, Any]]) -> float | None:
     """Among one optimizer's rows, the LR with the lowest mean final eval loss where no seed diverged."""
-    by_lr: dict[float, list[dict[str, Any]]] = {}
-    for row in rows:
-        by_lr.setdefault(row["learning_rate"], []).append(row)
-    eligible = {lr: statistics.fmean(r["final_eval_loss"] for r in runs) for lr, runs in by_lr.items()
-                if all(not r["diverged"] and r["final_eval_loss"] is not None for r in runs)}
+    eligible = {lr: statistics.fmean(r["final_eval_loss"] for r in runs) for lr, runs in _by_lr(rows).items()
+                if _stable(runs)}
     return min(eligible, key=eligible.get) if eligible else None
 
 
+def is_bracketed(best: float | None, learning_rates: Iterable[float]) -> bool:
+    lrs = sorted(learning_rates)
+    return best is not None and lrs[0] < best < lrs[-1]
+
+
+def grid_extension(rows: Sequence[dict[str, Any]]) -> float | None:
+    """The next LR to try for one optimizer whose whole grid has run (rule above), or None when bracketed.
+    Rounded to 4 significant digits, so run names stay short. Needs two LRs (the spacing)."""
+    lrs = sorted({r["learning_rate"] for r in rows})
+    if len(lrs) < 2:
+        raise ValueError("grid extension needs at least two learning rates (their ratio is the step).")
+    best = best_learning_rate(rows)
+    if best is None or best == lrs[0]:
+        return float(f"{lrs[0] * lrs[0] / lrs[1]:.4g}")
+    if best == lrs[-1]:
+        return float(f"{lrs[-1] * lrs[-1] / lrs[-2]:.4g}")
+    return None
+
+
+def lr_sensitivity(rows: Sequence[dict[str, Any]]) -> float | None:
+    """Wortsman et al.'s LR sensitivity of one optimizer's rows (rule above); None without an initial loss."""
+    capped = {}
+    for lr, runs in _by_lr(rows).items():
+        values = []
+        for r in runs:
+            if r["initial_loss"] is None:
+                return None
+            final = r["final_eval_loss"]
+            ok = final is not None and math.isfinite(final)
+            values.append(min(final, r["initial_loss"]) if ok else r["initial_loss"])
+        capped[lr] = statistics.fmean(values)
+    if not capped:
+        return None
+    best = min(capped.values())
+    return statistics.fmean(v - best for v in capped.values())
+
+
+def largest_stable_lr(rows: Sequence[dict[str, Any]]) -> float | None:
+    """The largest LR at which no seed diverged; None if every LR diverged."""
+    return max((lr for lr, runs in _by_lr(rows).items() if _stable(runs)), default=None)
+
+
 def compare_group(rows: Sequence[dict[str, Any]], histories: dict[str, Sequence[dict[str, Any]]]) -> dict[str, Any]:
-    """Target, per-optimizer best LR, stability counts and speedups of one comparison group.
+    """Target, per-optimizer best LR, sensitivity, stability and speedups of one comparison group.
 
     ``rows`` are ``analyse_run`` rows of one group; ``histories`` maps run name -> log_history. Also fills
-    each row's ``steps_to_target`` once the group's target is known.
+    each row's ``steps_to_target`` and ``tokens_to_target`` once the group's target is known.
     """
     finite_adamw = [r for r in rows if r["optimizer"] == REFERENCE_OPTIMIZER and not r["diverged"]
                     and r["final_eval_loss"] is not None]
@@ -180,31 +249,40 @@ def compare_group(rows: Sequence[dict[str, Any]], histories: dict[str, Sequence[
     target = reference["final_eval_loss"] if reference else None
     reference_steps = steps_to_target(histories[reference["name"]], target) if reference else None
     for row in rows:
-        row["steps_to_target"] = (steps_to_target(histories[row["name"]], target)
-                                  if target is not None and not row["diverged"] else None)
+        steps = (steps_to_target(histories[row["name"]], target)
+                 if target is not None and not row["diverged"] else None)
+        row["steps_to_target"] = steps
+        row["tokens_to_target"] = steps * row["tokens_per_step"] if steps is not None and row["tokens_per_step"] \
+            else None
     optimizers: dict[str, Any] = {}
     for name in dict.fromkeys(r["optimizer"] for r in rows):
         own = [r for r in rows if r["optimizer"] == name]
+        lrs = sorted({r["learning_rate"] for r in own})
         best = best_learning_rate(own)
         at_best = [r for r in own if r["learning_rate"] == best]
         grad_norms = [r["max_grad_norm"] for r in own if r["max_grad_norm"] is not None]
         entry = {
-            "best_learning_rate": best,
+            "learning_rates": lrs, "best_learning_rate": best, "bracketed": is_bracketed(best, lrs),
+            "lr_sensitivity": lr_sensitivity(own), "largest_stable_lr": largest_stable_lr(own),
             "runs": len(own), "diverged": sum(r["diverged"] for r in own),
             "loss_spikes": sum(r["loss_spikes"] for r in own),
             "max_grad_norm": max(grad_norms) if grad_norms else None,
             "nan_guard_skips": sum(r["nan_guard_skips"] for r in own),
             "final_eval_loss": spread([r["final_eval_loss"] for r in at_best]),
-            "steps_to_target": None, "speedup": None, "missed": None,
+            "steps_to_target": None, "tokens_to_target": None, "speedup": None, "missed": None,
         }
         if reference_steps is not None and at_best:
-            reached = [r["steps_to_target"] for r in at_best if r["steps_to_target"] is not None]
-            entry["steps_to_target"] = spread(reached)
+            reached = [r for r in at_best if r["steps_to_target"] is not None]
+            entry["steps_to_target"] = spread([r["steps_to_target"] for r in reached])
+            entry["tokens_to_target"] = spread([r["tokens_to_target"] for r in reached
+                                                if r["tokens_to_target"] is not None])
             entry["speedup"] = spread([reference_steps / max(r["steps_to_target"], 1)
                                        if r["steps_to_target"] is not None else 1.0 for r in at_best])
             entry["missed"] = len(at_best) - len(reached)
         optimizers[name] = entry
-    return {"target_eval_loss": target, "reference_run": reference["name"] if reference else None,
+    tokens = {r["tokens_per_step"] for r in rows}
+    return {"tokens_per_step": tokens.pop() if len(tokens) == 1 else None,
+            "target_eval_loss": target, "reference_run": reference["name"] if reference else None,
             "reference_steps": reference_steps, "optimizers": optimizers}
 
 

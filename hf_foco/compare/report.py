@@ -1,7 +1,8 @@
-"""The study's outputs: plots, ``report.md`` (which embeds them) and ``summary.json``.
+"""The study's outputs: plots, ``report.md`` (which embeds them) and ``summary.json``, from whatever runs
+have finished (a partial study reports what it has and lists the rest as pending).
 
-Plots use one colour per optimizer throughout, log-x for learning rates, and show every seed of an
-optimizer at its best learning rate (same colour), so seed spread is visible rather than averaged away.
+Plots use one colour per optimizer throughout, log-x for learning rates, and show every seed (same colour),
+so seed spread is visible rather than averaged away.
 Wall time comes from the ``wall_time_s`` stamps FocoTrainer puts on its logs; for runs made by another
 launcher it is the run's ``train_runtime`` spread evenly over its steps (the Trainer's log has no timestamps).
 """
@@ -20,7 +21,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ..trainer.sharpness import EIGENVALUE_KEY  # noqa: E402
+from ..trainer.sharpness import EIGENVALUE_KEY, RESIDUAL_KEY  # noqa: E402
 from ..trainer.trainer import WALL_TIME_KEY  # noqa: E402
 from .analysis import AnalysisConfig, RunLog, last_step, summarize  # noqa: E402
 
@@ -111,23 +112,31 @@ def plot_lr_sensitivity(rows: Sequence[dict[str, Any]], colours: dict[str, Any],
 
 
 def plot_sharpness(runs: Sequence[RunLog], group: dict[str, Any], colours: dict[str, Any], path: Path) -> bool:
-    """Eval loss beside the top Hessian eigenvalue, per optimizer at its best LR; False if none logged it."""
+    """Top Hessian eigenvalue (error bar: its Lanczos residual) beside the LR schedule and the eval loss, per
+    optimizer at its best LR; False if none logged it."""
     chosen = _at_best_lr(runs, group)
     if not any(r.series(EIGENVALUE_KEY)[0] for picked in chosen.values() for r in picked):
         return False
-    fig, (loss_ax, eig_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (eig_ax, lr_ax, loss_ax) = plt.subplots(1, 3, figsize=(16, 4.5))
     for name, picked in chosen.items():
         for i, run in enumerate(picked):
             label = name if i == 0 else None
+            entries = [e for e in run.log_history if e.get(EIGENVALUE_KEY) is not None]
+            eig_ax.errorbar([e["step"] for e in entries], [e[EIGENVALUE_KEY] for e in entries],
+                            yerr=[e.get(RESIDUAL_KEY, 0.0) for e in entries], color=colours[name], marker="o", ms=3,
+                            capsize=2, label=label)
+            lr_ax.plot(*run.series("learning_rate"), color=colours[name], label=label)
             loss_ax.plot(*run.series("eval_loss"), color=colours[name], marker="o", ms=3, label=label)
-            eig_ax.plot(*run.series(EIGENVALUE_KEY), color=colours[name], marker="o", ms=3, label=label)
-    loss_ax.set(xlabel="step", ylabel="eval loss")
     eig_ax.set(xlabel="step", ylabel="top Hessian eigenvalue (fixed eval batch)")
     eig_ax.set_yscale("symlog")
-    for ax in (loss_ax, eig_ax):
+    lr_ax.set(xlabel="step", ylabel="learning rate (schedule)")
+    lr_ax.set_yscale("log")
+    loss_ax.set(xlabel="step", ylabel="eval loss")
+    for ax in (eig_ax, lr_ax, loss_ax):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("Is the valley narrowing? Sharpness along training at each optimizer's best LR")
+    fig.suptitle("Is the valley narrowing? Sharpness (bars: Lanczos residual) and the LR schedule at each "
+                 "optimizer's best LR")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -145,30 +154,70 @@ def _fmt_spread(s: dict[str, float] | None, spec: str = ".4g") -> str:
     return text + f" [{s['min']:{spec}}, {s['max']:{spec}}]" if s["n"] > 1 else text
 
 
+def _lr_text(entry: dict[str, Any]) -> str:
+    best = entry["best_learning_rate"]
+    return "-" if best is None else f"{best:g}" + ("" if entry["bracketed"] else " (edge)")
+
+
+def _stable_text(entry: dict[str, Any]) -> str:
+    stable = entry["largest_stable_lr"]
+    if stable is None:
+        return "none"
+    return f"≥ {stable:g}" if stable == max(entry["learning_rates"]) else f"{stable:g}"
+
+
 def _group_markdown(name: str, group: dict[str, Any], rows: Sequence[dict[str, Any]], images: list[str]) -> list[str]:
     lines = [f"## {name}", ""]
+    if group["tokens_per_step"]:
+        lines += [f"{group['tokens_per_step']} tokens per step.", ""]
     if group["target_eval_loss"] is None:
         lines += ["No finished, non-diverged AdamW run: no target, so no steps-to-target or speedups.", ""]
     else:
         lines += [f"Target eval loss {group['target_eval_loss']:.4f} (best AdamW run `{group['reference_run']}`, "
-                  f"reached at step {group['reference_steps']}).", ""]
-    lines += ["| optimizer | best LR | final eval loss | steps to target | speedup vs AdamW | missed |",
-              "|---|---|---|---|---|---|"]
+                  f"reached at step {group['reference_steps']:.1f}).", ""]
+    lines += ["| optimizer | best LR | final eval loss | steps to target | tokens to target | speedup vs AdamW "
+              "| missed |", "|---|---|---|---|---|---|---|"]
     for opt, e in group["optimizers"].items():
-        lines.append(f"| {opt} | {_fmt(e['best_learning_rate'], 'g')} | {_fmt_spread(e['final_eval_loss'], '.3f')} | "
-                     f"{_fmt_spread(e['steps_to_target'], '.0f')} | {_fmt_spread(e['speedup'], '.2f')} | "
-                     f"{_fmt(e['missed'], 'd')} |")
-    lines += ["", "Stability over every learning rate and seed:", "",
-              "| optimizer | diverged / runs | loss spikes | largest grad norm | NaN-guard skips |",
-              "|---|---|---|---|---|"]
+        lines.append(f"| {opt} | {_lr_text(e)} | {_fmt_spread(e['final_eval_loss'], '.3f')} | "
+                     f"{_fmt_spread(e['steps_to_target'], '.0f')} | {_fmt_spread(e['tokens_to_target'], '.3g')} | "
+                     f"{_fmt_spread(e['speedup'], '.2f')} | {_fmt(e['missed'], 'd')} |")
+    unbracketed = [opt for opt, e in group["optimizers"].items() if e["best_learning_rate"] and not e["bracketed"]]
+    if unbracketed:
+        lines += ["", f"Unbracketed optimum (best LR at the edge of the grid, extensions used up or pending): "
+                  f"{', '.join(unbracketed)}. Their numbers may improve with a wider grid."]
+    lines += ["", "Learning rates and stability over every learning rate and seed:", "",
+              "| optimizer | LRs | LR sensitivity | largest stable LR | diverged / runs | loss spikes | largest grad norm "
+              "| NaN-guard skips |", "|---|---|---|---|---|---|---|---|"]
     for opt, e in group["optimizers"].items():
-        lines.append(f"| {opt} | {e['diverged']} / {e['runs']} | {e['loss_spikes']} | {_fmt(e['max_grad_norm'])} | "
-                     f"{e['nan_guard_skips']} |")
+        lrs = ", ".join(f"{lr:g}" for lr in e["learning_rates"])
+        lines.append(f"| {opt} | {lrs} | {_fmt(e['lr_sensitivity'], '.3f')} | {_stable_text(e)} | {e['diverged']} / "
+                     f"{e['runs']} | {e['loss_spikes']} | {_fmt(e['max_grad_norm'])} | {e['nan_guard_skips']} |")
     diverged = [r for r in rows if r["diverged"]]
     if diverged:
         lines += ["", "Diverged runs:", ""] + [f"- `{r['name']}`: {r['divergence_reason']}" for r in diverged]
     lines += [""] + [f"![{image}](plots/{image})" for image in images] + [""]
     return lines
+
+
+def _across_groups_markdown(groups: dict[str, Any]) -> list[str]:
+    """Each optimizer's seed-mean final eval loss minus AdamW's, at each one's best LR, per group: how an
+    advantage moves with the batch size (gradient noise) at an equal token budget."""
+    names = list(groups)
+    lines = ["## Across groups", "", "Final eval loss minus AdamW's (seed means, each at its best LR; negative: "
+             "better than AdamW), and tokens to AdamW's target:", "",
+             "| optimizer | " + " | ".join(f"{g} Δloss | {g} tokens to target" for g in names) + " |",
+             "|---|" + "---|---|" * len(names)]
+    optimizers = dict.fromkeys(opt for g in groups.values() for opt in g["optimizers"])
+    for opt in optimizers:
+        cells = []
+        for group in groups.values():
+            own, ref = group["optimizers"].get(opt), group["optimizers"].get("adamw")
+            gap = (own["final_eval_loss"]["mean"] - ref["final_eval_loss"]["mean"]
+                   if own and ref and own["final_eval_loss"] and ref["final_eval_loss"] else None)
+            tokens = own and own["tokens_to_target"]
+            cells += [_fmt(gap, "+.3f"), _fmt(tokens["mean"], ".3g") if tokens else "-"]
+        lines.append(f"| {opt} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def _finite_or_null(value: Any) -> Any:
@@ -191,14 +240,27 @@ def write_report(study_name: str, runs: Sequence[RunLog], output_dir: Path, opti
     summary = {"study": study_name, "analysis": asdict(config), **summarize(runs, config), "pending": list(pending)}
     colours = _colours(optimizers)
     lines = [f"# Study `{study_name}`", "",
-             f"{len(runs)} runs analysed ({sum(r.crashed for r in runs)} crashed), {len(pending)} not run yet.",
-             "", "Rules: a run diverged if it crashed, ended with a non-finite loss, or logged a train loss above "
-             f"its first one in the last {config.late_fraction:.0%} of its steps. Loss spikes: z-score > "
-             f"{config.spike_zscore:g} against the {config.spike_window} logged losses before. Target: the "
-             "best AdamW run's final eval loss; speedup = AdamW's steps / the optimizer's steps to reach it, "
-             "per seed at the optimizer's best LR (lowest seed-mean final eval loss where no seed diverged); "
-             "a miss counts as no speedup (1.0). Spread: mean ± std [min, max] over seeds. Wall time: each "
-             "log entry's wall-clock stamp, else the run's train_runtime spread evenly over its steps.", ""]
+             f"{len(runs)} runs analysed ({sum(r.crashed for r in runs)} crashed), {len(pending)} not run yet"
+             + (": a partial report." if pending else "."), "", "Definitions:", "",
+             "- **Diverged**: crashed, ended with a non-finite loss, or logged a train loss above its first one in "
+             f"the last {config.late_fraction:.0%} of its steps (the stability monitor's rule, "
+             "`hf_foco.trainer.spikes`). **Loss spike**: a logged train loss with a z-score > "
+             f"{config.spike_zscore:g} against the {config.spike_window} logged losses before it (the same rule "
+             "as the monitor).",
+             "- **Best LR**: the lowest seed-mean final eval loss among the LRs where no seed diverged; *(edge)* "
+             "when it is the smallest or largest LR of the grid (unbracketed: the optimum may lie beyond).",
+             "- **Final eval loss**: mean ± sample std [min, max] over seeds at the best LR.",
+             "- **Target**: the best AdamW run's final eval loss. **Steps/tokens to target**: where the eval loss "
+             "first reaches it, interpolated linearly between the two evaluations that straddle it (tokens = "
+             "steps × tokens per step). **Speedup** = the AdamW reference run's steps / the optimizer's, per seed "
+             "at its best LR; a miss counts as 1.0 and in *missed*.",
+             "- **LR sensitivity** (Wortsman et al. 2023): the mean over the grid's LRs of min(final eval loss, "
+             "initial loss) − the best such value (seed means; a run without a finite loss counts as the initial "
+             "loss, the eval loss at step 0). Lower is more forgiving; it depends on the grid's span.",
+             "- **Largest stable LR**: the largest grid LR at which no seed diverged (≥: the top of the grid, "
+             "nothing diverged).",
+             "- **Wall time** in the curves: each log entry's wall-clock stamp, else the run's train_runtime "
+             "spread evenly over its steps.", ""]
     for group_name, group in summary["groups"].items():
         group_runs = [r for r in runs if r.group == group_name]
         group_rows = [r for r in summary["runs"] if r["group"] == group_name]
@@ -208,16 +270,21 @@ def write_report(study_name: str, runs: Sequence[RunLog], output_dir: Path, opti
         if plot_sharpness(group_runs, group, colours, plots / f"sharpness-{group_name}.png"):
             images.append(f"sharpness-{group_name}.png")
         lines += _group_markdown(group_name, group, group_rows, images)
+    if len(summary["groups"]) > 1:
+        lines += _across_groups_markdown(summary["groups"])
+    if pending:
+        lines += ["## Pending runs", ""] + [f"- `{name}`" for name in pending] + [""]
     (output_dir / "report.md").write_text("\n".join(lines))
     (output_dir / "summary.json").write_text(json.dumps(_finite_or_null(summary), indent=2, allow_nan=False))
     return summary
 
 
 def report_study(study) -> dict[str, Any]:
-    """Load every run of ``study`` that has run and write its report next to the runs."""
-    from .runner import load_run
+    """Load every run of ``study`` that has finished (grid extensions included) and write its report next to
+    the runs; works on a study still running or interrupted."""
+    from .runner import current_runs, load_run
 
-    loaded = {spec.name: load_run(spec) for spec in study.runs()}
+    loaded = {spec.name: load_run(spec) for spec in current_runs(study)}
     return write_report(study.name, [r for r in loaded.values() if r is not None], study.output_dir,
                         [grid.name for grid in study.optimizers], study.analysis,
                         pending=[name for name, r in loaded.items() if r is None])

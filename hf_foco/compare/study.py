@@ -2,7 +2,7 @@
 
 A study is a YAML file next to the recipes it uses::
 
-    name: gpt2-nano-optimizers
+    name: gpt2-nano-noise
     recipe: ../gpt2-nano/{optimizer}.yaml   # or recipes: {nano: ../gpt2-nano/adamw.yaml, ...}
     seeds: [0, 1]
     overrides: {max_steps: 600, eval_steps: 50}   # command-line keys given to every run
@@ -10,6 +10,7 @@ A study is a YAML file next to the recipes it uses::
       adamw: {learning_rates: [3.0e-4, 1.0e-3, 3.0e-3]}
       lion: {learning_rates: [1.0e-4, 3.0e-4], overrides: {weight_decay: 0.5}}
     batch_size_multipliers: [1, 4, 16]      # optional, "same token budget" (see below)
+    max_grid_extensions: 2                  # optional: LRs each grid may add to bracket its optimum
     analysis: {spike_window: 16, spike_zscore: 5.0, late_fraction: 0.25}   # optional
 
 Recipe paths are relative to the study file and may contain ``{optimizer}``: each optimizer then trains
@@ -20,6 +21,16 @@ named after its directory (runs ``<dir>/<optimizer>/lr<lr>-seed<seed>``, report 
 study's ``overrides``, the optimizer's ``overrides``, the batch scaling, and its own ``optim``,
 ``learning_rate``, ``seed`` and ``output_dir``.
 
+Grid extension (``max_grid_extensions``, default 0): while an optimizer's best LR in a comparison group
+sits at an edge of its grid, the runner adds one more LR beyond that edge, at the grid's log spacing
+(:func:`hf_foco.compare.analysis.grid_extension`), up to that many per optimizer and group. The added LRs
+are not stored: they follow from the finished runs, so a resumed study or a report makes the same ones.
+
+Borrowed learning rates (``learning_rates_from: DIR``, a study's output directory, relative to the working
+directory like ``output_dir``): an optimizer without ``learning_rates`` trains at its best LR in that
+study's ``summary.json``, taken from the group with the same tokens per step (e.g. a longer run of the
+small-batch half of a noise study).
+
 Same token budget: a batch multiplier ``m`` multiplies ``batch_size_key`` (default
 ``per_device_train_batch_size``) by ``m`` and divides the step-counted keys (``max_steps`` must be
 divisible; ``eval_steps``, ``logging_steps``, ``save_steps`` and an integer ``warmup_steps`` are divided
@@ -28,20 +39,23 @@ and rounded down, at least 1), so every batch size sees the same tokens and abou
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ..artifacts.files import read_json
 from ..hints import did_you_mean
 from ..recipe import read_recipe
 from .analysis import AnalysisConfig
 
 STUDY_KEYS = ("name", "recipe", "recipes", "seeds", "optimizers", "overrides", "batch_size_multipliers",
-              "batch_size_key", "world_size", "output_dir", "analysis")
+              "batch_size_key", "world_size", "output_dir", "analysis", "max_grid_extensions", "learning_rates_from")
 STEP_KEYS = ("max_steps", "eval_steps", "logging_steps", "save_steps", "warmup_steps", "hessian_every_n_steps")
 # transformers' TrainingArguments defaults, for recipes that leave the batch keys unset.
 TRAINER_DEFAULTS = {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 1}
@@ -141,10 +155,14 @@ class Study:
     batch_size_key: str = "per_device_train_batch_size"
     world_size: int = 1
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    max_grid_extensions: int = 0
+    learning_rates_from: Path | None = None
 
     @classmethod
-    def from_yaml(cls, path: str | Path, output_dir: str | Path | None = None) -> Study:
-        """Parse and check a study file; every mistake is reported before any run starts."""
+    def from_yaml(cls, path: str | Path, output_dir: str | Path | None = None,
+                  learning_rates_from: str | Path | None = None) -> Study:
+        """Parse and check a study file; every mistake is reported before any run starts. ``output_dir`` and
+        ``learning_rates_from`` override the file's."""
         path = Path(path)
         raw = yaml.safe_load(path.read_text()) if path.is_file() else None
         if not isinstance(raw, dict):
@@ -164,19 +182,26 @@ class Study:
         if not isinstance(optimizers, dict) or not optimizers:
             raise _fail(path, "'optimizers' must map optimizer names to {learning_rates: [...]}",
                         "e.g. `optimizers: {adamw: {learning_rates: [1.0e-3]}}`.")
+        learning_rates_from = learning_rates_from or raw.get("learning_rates_from")
+        extensions = raw.get("max_grid_extensions", 0)
+        if not isinstance(extensions, int) or extensions < 0:
+            raise _fail(path, f"max_grid_extensions={extensions!r} is not an integer >= 0", "e.g. `max_grid_extensions: 2`.")
         grids = []
         for name, entry in optimizers.items():
             entry = entry or {}
             lrs = _positive_floats(entry.get("learning_rates"))
-            if not lrs:
+            if not lrs and not (learning_rates_from and "learning_rates" not in entry):
                 raise _fail(path, f"optimizer {name!r} needs a non-empty list of positive learning_rates",
-                            "e.g. `learning_rates: [3.0e-4, 1.0e-3]`.")
+                            "e.g. `learning_rates: [3.0e-4, 1.0e-3]`, or `learning_rates_from: DIR`.")
+            if extensions and len(lrs or ()) < 2:
+                raise _fail(path, f"optimizer {name!r} has fewer than 2 learning_rates but max_grid_extensions "
+                            "is set", "Give 2 or more (their ratio is the extension step) or drop the extensions.")
             extra = set(entry) - {"learning_rates", "overrides"}
             if extra:
                 raise _fail(path, f"optimizer {name!r} has unknown keys {sorted(extra)}",
                             "An optimizer takes only learning_rates and overrides.")
             _check_optimizer_name(name, path)
-            grids.append(OptimizerGrid(name, lrs, dict(entry.get("overrides") or {})))
+            grids.append(OptimizerGrid(name, lrs or (), dict(entry.get("overrides") or {})))
         overrides = dict(raw.get("overrides") or {})
         for where, mapping in [("overrides", overrides)] + [(f"{g.name}.overrides", g.overrides) for g in grids]:
             clash = [k for k in RUN_KEYS if k in mapping]
@@ -199,33 +224,53 @@ class Study:
             batch_size_multipliers=tuple(multipliers),
             batch_size_key=raw.get("batch_size_key", "per_device_train_batch_size"),
             world_size=int(raw.get("world_size", 1)), analysis=AnalysisConfig(**(raw.get("analysis") or {})),
+            max_grid_extensions=extensions, learning_rates_from=Path(learning_rates_from) if learning_rates_from else None,
         )
         study.runs()  # expands the grid once so recipe and batch-scaling errors surface now
         return study
 
-    def runs(self) -> list[RunSpec]:
-        """Every run of the grid, in a stable order (recipe, batch size, optimizer, LR, seed)."""
+    def runs(self, extensions: Mapping[tuple[str, str], Sequence[float]] | None = None) -> list[RunSpec]:
+        """Every run of the grid, plus ``extensions`` ((group, optimizer) -> added LRs), in a stable order
+        (recipe, optimizer, batch size, LR, seed): a partial study holds whole optimizers at every batch size."""
+        extensions = extensions or {}
         runs = []
         for recipe_name, recipe_template in self.recipes.items():
-            for mult in self.batch_size_multipliers:
+            for grid, mult in itertools.product(self.optimizers, self.batch_size_multipliers):
                 group = recipe_name if self.batch_size_multipliers == (1,) else f"{recipe_name}-bx{mult}"
-                for grid in self.optimizers:
-                    recipe_path = Path(str(recipe_template).replace("{optimizer}", grid.name))
-                    recipe = _load_recipe(recipe_path, self.path)
-                    arguments = {**self.overrides, **grid.overrides}
-                    arguments.update(self._scale_batch({**recipe, **arguments}, mult))
-                    merged = {**TRAINER_DEFAULTS, **recipe, **arguments}
-                    for lr in grid.learning_rates:
-                        for seed in self.seeds:
-                            name = f"{group}/{grid.name}/lr{lr:g}-seed{seed}"
-                            out = self.output_dir / "runs" / name
-                            runs.append(RunSpec(
-                                name=name, group=group, recipe=recipe_path, optimizer=grid.name,
-                                learning_rate=lr, seed=seed, batch_multiplier=mult,
-                                arguments={**arguments, "optim": grid.name, "learning_rate": lr, "seed": seed,
-                                           "output_dir": str(out)},
-                                output_dir=out, tokens_per_step=self._tokens_per_step(merged)))
+                recipe_path = Path(str(recipe_template).replace("{optimizer}", grid.name))
+                recipe = _load_recipe(recipe_path, self.path)
+                arguments = {**self.overrides, **grid.overrides}
+                arguments.update(self._scale_batch({**recipe, **arguments}, mult))
+                merged = {**TRAINER_DEFAULTS, **recipe, **arguments}
+                tokens_per_step = self._tokens_per_step(merged)
+                lrs = grid.learning_rates or (self._borrowed_lr(grid.name, tokens_per_step),)
+                for lr in sorted({*lrs, *extensions.get((group, grid.name), ())}):
+                    for seed in self.seeds:
+                        name = f"{group}/{grid.name}/lr{lr:g}-seed{seed}"
+                        out = self.output_dir / "runs" / name
+                        runs.append(RunSpec(
+                            name=name, group=group, recipe=recipe_path, optimizer=grid.name,
+                            learning_rate=lr, seed=seed, batch_multiplier=mult,
+                            arguments={**arguments, "optim": grid.name, "learning_rate": lr, "seed": seed,
+                                       "output_dir": str(out)},
+                            output_dir=out, tokens_per_step=tokens_per_step))
         return runs
+
+    def _borrowed_lr(self, optimizer: str, tokens_per_step: int) -> float:
+        """``optimizer``'s best LR in the ``learning_rates_from`` study's group of ``tokens_per_step``."""
+        source = self.learning_rates_from
+        summary = read_json(source / "summary.json") if source else None
+        if summary is None:
+            raise _fail(self.path, f"learning_rates_from: no summary.json in {source}", "Run (or report) that "
+                        "study first: hf-foco compare ITS_STUDY.yaml --output_dir DIR [--report_only].")
+        groups = {g: e for g, e in summary["groups"].items() if e.get("tokens_per_step") == tokens_per_step}
+        best = [e["optimizers"][optimizer]["best_learning_rate"] for e in groups.values()
+                if (e["optimizers"].get(optimizer) or {}).get("best_learning_rate")]
+        if len(best) != 1:
+            raise _fail(self.path, f"{source / 'summary.json'} has {len(best)} best LRs for {optimizer!r} at "
+                        f"{tokens_per_step} tokens per step (groups: {sorted(groups) or 'none'})", "Borrow from a "
+                        "study with exactly one group at this batch size in which the optimizer has a best LR.")
+        return best[0]
 
     def _scale_batch(self, merged: dict[str, Any], mult: int) -> dict[str, Any]:
         if mult == 1:

@@ -126,7 +126,7 @@ class FocoTrainingArguments(TrainingArguments):
     hessian_every_n_steps: int = field(default=0, metadata={
         "help": "Log the top Hessian eigenvalue of a fixed eval batch every N steps (0: off; hf_foco.trainer.sharpness)."})
     hessian_iterations: int = field(default=DEFAULT_ITERATIONS, metadata={
-        "help": "Iterations per top-Hessian-eigenvalue measurement."})
+        "help": "Lanczos iterations (Hessian-vector products) per top-Hessian-eigenvalue measurement."})
     hessian_batch_size: int = field(default=DEFAULT_BATCH_SIZE, metadata={
         "help": "Rows of the fixed eval batch the Hessian eigenvalue is measured on."})
 

@@ -1,4 +1,4 @@
-"""The loss-spike rule, one for the live stability monitor and for the study reports.
+"""The loss-spike and loss-divergence rules, one each for the live stability monitor and the study reports.
 
 A logged training loss is a spike when its z-score against the trailing ``window`` logged losses is above
 ``zscore``: ``z = (loss − mean) / std`` with the sample standard deviation, floored at 0.1 % of the mean
@@ -10,6 +10,11 @@ before the window holds ``window // 2`` losses (at least 2).
 Defaults: 16 logged losses and z > 5. llm.c-style windows of ~128 *steps* translate into 13-26 logged points
 at the usual ``logging_steps`` of 5-10, and a nano study logs ~50 points, so the window has to be short;
 with a 16-point sample std a 3σ threshold flags ordinary noise on long runs, 5σ flags only real jumps.
+A run's losses **diverged** (:func:`loss_divergence`) if its final train or eval loss is non-finite, or if
+any train loss logged in the last ``late_fraction`` of its steps is non-finite or above the first logged
+train loss: the usual "NaN or above the initial loss" rule, applied to the late part of the run so that a
+transient excursion the run recovered from counts as a spike, not as a divergence.
+
 Pure Python: the study reports import it without torch.
 """
 
@@ -19,10 +24,12 @@ import math
 import statistics
 from collections import deque
 from collections.abc import Iterable
+from typing import Any
 
 DEFAULT_WINDOW = 16
 DEFAULT_ZSCORE = 5.0
 RELATIVE_STD_FLOOR = 1e-3
+DEFAULT_LATE_FRACTION = 0.25
 
 
 def check_spike_settings(window: int, zscore: float) -> None:
@@ -64,3 +71,20 @@ def spike_indices(losses: Iterable[float], window: int = DEFAULT_WINDOW, zscore:
     """Indices of the spikes among ``losses`` (logged in order) under the rule above."""
     detector = SpikeDetector(window, zscore)
     return [i for i, loss in enumerate(losses) if detector.observe(loss)[1]]
+
+
+def loss_divergence(log_history: Iterable[dict[str, Any]], late_fraction: float = DEFAULT_LATE_FRACTION) -> str | None:
+    """Why a Trainer ``log_history`` counts as diverged under the rule above (a short phrase), or None (also
+    when no train loss was logged: nothing to judge)."""
+    entries = list(log_history)
+    train = [(int(e["step"]), float(e["loss"])) for e in entries if e.get("loss") is not None]
+    evals = [float(e["eval_loss"]) for e in entries if e.get("eval_loss") is not None]
+    if not train:
+        return None
+    if not math.isfinite(train[-1][1]) or (evals and not math.isfinite(evals[-1])):
+        return "non-finite final loss"
+    initial, last = train[0][1], train[-1][0]
+    for step, loss in train:
+        if step >= last - late_fraction * last and not loss <= initial:  # also true for NaN
+            return f"loss {loss:.4g} at step {step} above the initial {initial:.4g}"
+    return None

@@ -22,7 +22,8 @@ go wrong the signs are a gradient's spikes, a collapsing or exploding update-to-
   is saved, so the last checkpoint is the last good one. (The LR schedule still advances on a skipped
   step, as it does on fp16 overflow steps.)
 
-The summary goes to ``stability.json`` in the output directory and, as a ``stability`` entry, to the
+The summary, with the losses' verdict under the divergence rule of :mod:`.spikes` (``loss_divergence``),
+goes to ``stability.json`` in the output directory and, as a ``stability`` entry, to the
 Trainer's log history.
 """
 
@@ -37,7 +38,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from ..artifacts.files import STABILITY_FILE
-from .spikes import DEFAULT_WINDOW, DEFAULT_ZSCORE, SpikeDetector, check_spike_settings
+from .spikes import DEFAULT_WINDOW, DEFAULT_ZSCORE, SpikeDetector, check_spike_settings, loss_divergence
 
 
 class TrainingDivergedError(RuntimeError):
@@ -190,7 +191,8 @@ class StabilityCallback(TrainerCallback, ExportableState):
         }
 
     def write_summary(self, args, state) -> dict:
-        summary = self.summary()
+        # The study reports' divergence rule, on the same logs (None: the losses did not diverge).
+        summary = {**self.summary(), "loss_divergence": loss_divergence(state.log_history)}
         if state.is_world_process_zero and args.output_dir:
             os.makedirs(args.output_dir, exist_ok=True)
             with open(os.path.join(args.output_dir, STABILITY_FILE), "w") as f:
