@@ -204,7 +204,7 @@ def _across_groups_markdown(groups: dict[str, Any]) -> list[str]:
     advantage moves with the batch size (gradient noise) at an equal token budget."""
     names = list(groups)
     lines = ["## Across groups", "", "Final eval loss minus AdamW's (seed means, each at its best LR; negative: "
-             "better than AdamW), and tokens to AdamW's target:", "",
+             "better than AdamW), and tokens to the group's own target (its best AdamW run's final loss):", "",
              "| optimizer | " + " | ".join(f"{g} Δloss | {g} tokens to target" for g in names) + " |",
              "|---|" + "---|---|" * len(names)]
     optimizers = dict.fromkeys(opt for g in groups.values() for opt in g["optimizers"])
