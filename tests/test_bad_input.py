@@ -149,9 +149,9 @@ CASES = [
                r"file\?\)\. Make every row's 'text' a string"),
     Case("nonfinite_loss",  # (main resumes from checkpoint-2, so it needs max_steps > 2 to train at all)
          lambda c: c.main("--max_steps", "6", "--max_bad_steps", "2", callbacks=[PoisonEmbeddings()]),
-         TrainingDivergedError, r"Stopped at step \d+: 2 consecutive steps had non-finite gradients .* The last "
-                                r"saved checkpoint in .* is intact\. Lower --learning_rate",
-         writes=("stability.json",)),
+         TrainingDivergedError, r"Stopped at step 4: 2 consecutive steps had non-finite gradients .* The last "
+                                r"checkpoint saved before the first of them, .*/checkpoint-2, is intact .* Lower "
+                                r"--learning_rate", writes=("nonfinite.json", "stability.json")),
     Case("block_size_too_large", lambda c: c.main("--block_size", "512"), EXIT,
          r"--block_size 512 exceeds the model's 256 positions: lower --block_size or raise them "
          r"\(e\.g\. --config_overrides n_positions=512\)"),

@@ -17,7 +17,13 @@ from safetensors.torch import load_file
 from transformers.trainer_utils import get_last_checkpoint
 
 from hf_foco.trainer import FocoTrainer, FocoTrainingArguments
-from hf_foco.trainer.checkpoints import checkpoint_problem, checkpoint_to_resume, latest_complete_checkpoint
+from hf_foco.trainer.checkpoints import (
+    checkpoint_problem,
+    checkpoint_to_resume,
+    clear_checkpoints,
+    latest_complete_checkpoint,
+    rng_problem,
+)
 
 # run_pretrain with a step trace on stdout and, with $CRASH_AT set, a SIGKILL of its own process:
 # "step:N" right after step N (between checkpoints), "save:N" in the middle of writing checkpoint-N (model,
@@ -127,7 +133,22 @@ def _copy(checkpoint, output_dir, step):
     return target
 
 
-# What a SIGKILL (or a resume into another layout) can leave, each with the reason given.
+def _nan_weights(path):
+    """Overwrite the last 64 bytes of the tensor data with NaN (0xFF...): the right size, headers intact."""
+    data = bytearray(path.read_bytes())
+    data[-64:] = b"\xff" * 64
+    path.write_bytes(bytes(data))
+
+
+def _damage_interior(path):
+    """Flip bytes in the middle of a torch zip: its directory (at the end) still reads."""
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 16] = bytes(b ^ 0xFF for b in data[middle:middle + 16])
+    path.write_bytes(bytes(data))
+
+
+# What a SIGKILL (or a damaged disk) can leave, each with the reason given.
 PARTIAL = {
     "killed before trainer_state.json": (lambda c: (c / "trainer_state.json").unlink(), "no trainer_state.json"),
     "killed while writing trainer_state.json": (
@@ -135,7 +156,10 @@ PARTIAL = {
         "trainer_state.json is truncated"),
     "no optimizer.pt": (lambda c: (c / "optimizer.pt").unlink(), "no optimizer state"),
     "no scheduler.pt": (lambda c: (c / "scheduler.pt").unlink(), "no scheduler state"),
-    "no rng_state.pth": (lambda c: (c / "rng_state.pth").unlink(), "no rng_state.pth"),
+    "NaN bytes in the weights": (lambda c: _nan_weights(c / "model.safetensors"),
+                                 "model.safetensors holds non-finite weights"),
+    "damaged interior of optimizer.pt": (lambda c: _damage_interior(c / "optimizer.pt"),
+                                         "optimizer.pt is corrupt .*CRC"),
     "no model weights": (lambda c: (c / "model.safetensors").unlink(), "no model weights"),
     "state of another step": (
         lambda c: (c / "trainer_state.json").write_text(json.dumps({"global_step": 3})),
@@ -153,19 +177,38 @@ def test_a_partial_checkpoint_is_skipped_with_a_warning_naming_it(real_checkpoin
     (tmp_path / "checkpoint-final").mkdir()
     with caplog.at_level(logging.WARNING):
         assert latest_complete_checkpoint(tmp_path) == str(complete[-1])
-    assert f"Skipping partial checkpoint {partial}: {reason}" in caplog.text
+    assert re.search(f"Skipping partial checkpoint {partial}: {reason}", caplog.text), caplog.text
     assert sorted(p.name for p in tmp_path.iterdir()) == [  # nothing deleted
         "checkpoint-12", "checkpoint-20", "checkpoint-4", "checkpoint-8", "checkpoint-final"]
 
 
-def test_every_rank_needs_its_rng_state(real_checkpoint, tmp_path):
+def test_another_world_size_resumes_with_a_warning_about_rng_streams(real_checkpoint, tmp_path, caplog):
+    """A checkpoint of a 1-process run is complete for a 2-process rerun (issue 11 #1): it is resumed, not
+    judged partial and overwritten; the warning says the random streams differ."""
     checkpoint = _copy(real_checkpoint, tmp_path, 2)
-    assert latest_complete_checkpoint(tmp_path, world_size=1) == str(checkpoint)
-    assert "rng_state_0.pth, rng_state_1.pth" in checkpoint_problem(checkpoint, world_size=2)
+    assert checkpoint_problem(checkpoint) is None
+    assert "rng_state_0.pth, rng_state_1.pth" in rng_problem(checkpoint, world_size=2)
+    with caplog.at_level(logging.WARNING):
+        assert checkpoint_to_resume(tmp_path, world_size=2) == str(checkpoint)
+    assert "random streams" in caplog.text
     shutil.copy(checkpoint / "rng_state.pth", checkpoint / "rng_state_0.pth")
-    assert "no rng_state_1.pth" in checkpoint_problem(checkpoint, world_size=2)
     shutil.copy(checkpoint / "rng_state.pth", checkpoint / "rng_state_1.pth")
-    assert latest_complete_checkpoint(tmp_path, world_size=2) == str(checkpoint)
+    assert rng_problem(checkpoint, world_size=2) is None
+
+
+def test_a_finished_checkpoint_that_cannot_resume_is_never_overwritten(real_checkpoint, tmp_path):
+    """--save_only_model checkpoints (no optimizer state), or final weights: a restart from scratch is refused
+    with the fix; --overwrite_output_dir removes the old checkpoints, saying so."""
+    checkpoint = _copy(real_checkpoint, tmp_path, 4)
+    (checkpoint / "optimizer.pt").unlink()
+    with pytest.raises(ValueError, match=r"holds checkpoint-4 of an earlier run but no checkpoint to resume from .*"
+                                         r"Pass a new --output_dir, or --overwrite_output_dir true"):
+        checkpoint_to_resume(tmp_path)
+    assert checkpoint_to_resume(tmp_path, overwrite=True) is None
+    assert clear_checkpoints(tmp_path) == ["checkpoint-4"] and not checkpoint.exists()
+    shutil.copy(real_checkpoint / "model.safetensors", tmp_path / "model.safetensors")
+    with pytest.raises(ValueError, match=r"holds model\.safetensors"):
+        checkpoint_to_resume(tmp_path)
 
 
 def test_only_partial_checkpoints_or_none_start_from_scratch(real_checkpoint, tmp_path):

@@ -33,7 +33,10 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from ..artifacts.files import STABILITY_FILE
+from .checkpoints import last_checkpoint_before
 from .spikes import DEFAULT_WINDOW, DEFAULT_ZSCORE, SpikeDetector, check_spike_settings
+
+NONFINITE_FILE = "nonfinite.json"  # the first non-finite step and the last good checkpoint before it
 
 
 class TrainingDivergedError(RuntimeError):
@@ -76,6 +79,7 @@ class StabilityCallback(TrainerCallback, ExportableState):
         self._before: list[torch.Tensor] | None = None
         self._pending_ratio: float | None = None
         self.diverged = False
+        self._last_log_step = 0
 
     @classmethod
     def from_args(cls, args) -> StabilityCallback:
@@ -95,14 +99,23 @@ class StabilityCallback(TrainerCallback, ExportableState):
             step = state.global_step + 1
             self.skipped_steps.append(step)
             self.consecutive_bad += 1
+            good = last_checkpoint_before(args.output_dir, step - self.consecutive_bad + 1)
+            if state.is_world_process_zero:
+                record = {"first_bad_step": step - self.consecutive_bad + 1, "skipped_steps": self.skipped_steps,
+                          "last_good_checkpoint": good}
+                os.makedirs(args.output_dir, exist_ok=True)
+                with open(os.path.join(args.output_dir, NONFINITE_FILE), "w") as f:
+                    json.dump(record, f, indent=2)
             if self.consecutive_bad >= self.max_bad_steps:
                 self.diverged = True
                 self.write_summary(args, state)
+                where = (f"The last checkpoint saved before the first of them, {good}, is intact (none is saved "
+                         "after a non-finite step)" if good else "No checkpoint was saved before the first of them")
                 raise TrainingDivergedError(
                     f"Stopped at step {step}: {self.consecutive_bad} consecutive steps had non-finite gradients "
-                    f"(skipped steps: {self.skipped_steps[-self.consecutive_bad:]}). The last saved checkpoint "
-                    f"in {args.output_dir} is intact. Lower --learning_rate, add warmup (--warmup_steps), check "
-                    "the data for empty or corrupt samples, or raise --max_bad_steps."
+                    f"(skipped steps: {self.skipped_steps[-self.consecutive_bad:]}). {where}. Lower "
+                    "--learning_rate, add warmup (--warmup_steps), check the data for empty or corrupt samples, or "
+                    "raise --max_bad_steps."
                 )
             return
         self.consecutive_bad = 0
@@ -125,6 +138,10 @@ class StabilityCallback(TrainerCallback, ExportableState):
         if not logs or "loss" not in logs:
             return
         fields: dict[str, float] = {"skipped_steps": len(self.skipped_steps)}
+        since, self._last_log_step = self._last_log_step, state.global_step
+        if self.skipped_steps and set(range(since + 1, state.global_step + 1)) <= set(self.skipped_steps):
+            # Every step since the last log was skipped: the Trainer's NaN filter would report a loss of 0.
+            logs["loss"] = fields["loss"] = float("nan")
         if self._pending_ratio is not None:
             fields["update_ratio"] = self.last_update_ratio = self._pending_ratio
             self._pending_ratio = None
@@ -132,7 +149,7 @@ class StabilityCallback(TrainerCallback, ExportableState):
         if grad_norm is not None and math.isfinite(grad_norm):
             self.max_grad_norm_seen = max(self.max_grad_norm_seen or 0.0, grad_norm)
         loss = logs["loss"]
-        z, spike = self.detector.observe(loss)
+        z, spike = self.detector.observe(loss) if math.isfinite(loss) else (None, False)
         if z is not None:
             fields["loss_zscore"] = z
         if spike:
@@ -140,6 +157,9 @@ class StabilityCallback(TrainerCallback, ExportableState):
         logs.update(fields)
         if state.log_history and state.log_history[-1].get("step") == state.global_step:
             state.log_history[-1].update(fields)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._last_log_step = state.global_step  # a resumed run: its first log covers the steps since here
 
     def on_train_end(self, args, state, control, **kwargs):
         summary = self.write_summary(args, state)
