@@ -197,14 +197,8 @@ def main(argv: list[str] | None = None, callbacks=None) -> int:
         trainer.save_metrics("train", train_result.metrics)
     metrics = trainer.evaluate()
     if problem := _nonfinite_result(trainer, metrics):
-        from .trainer.checkpoints import last_checkpoint_before
-
         monitor = trainer.stability
-        first_bad = min(monitor.skipped_steps, default=trainer.state.global_step + 1) if monitor else None
-        good = last_checkpoint_before(training_args.output_dir, first_bad) if first_bad else None
-        if monitor is not None:
-            monitor.diverged = True
-            monitor.write_summary(training_args, trainer.state)
+        good = monitor.diverge(training_args, trainer.state) if monitor is not None else None
         raise SystemExit(f"run_pretrain: error: the run diverged: {problem}. The last good checkpoint is "
                          f"{good or 'none'}. Lower --learning_rate or add warmup (--warmup_steps), and train again "
                          "in a new --output_dir.")

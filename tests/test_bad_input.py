@@ -149,9 +149,10 @@ CASES = [
                r"file\?\)\. Make every row's 'text' a string"),
     Case("nonfinite_loss",  # (main resumes from checkpoint-2, so it needs max_steps > 2 to train at all)
          lambda c: c.main("--max_steps", "6", "--max_bad_steps", "2", callbacks=[PoisonEmbeddings()]),
-         TrainingDivergedError, r"Stopped at step 4: 2 consecutive steps had non-finite gradients .* The last "
-                                r"checkpoint saved before the first of them, .*/checkpoint-2, is intact .* Lower "
-                                r"--learning_rate", writes=("nonfinite.json", "stability.json")),
+         TrainingDivergedError, r"Stopped at step 4: 2 consecutive steps had non-finite gradients .* No checkpoint "
+                                r"before them is good\. Lower --learning_rate",
+         # checkpoint-2's weights led into the bad steps: marked, so no resume uses it
+         writes=("checkpoint-2/nonfinite_next_step.json", "nonfinite.json", "stability.json")),
     Case("block_size_too_large", lambda c: c.main("--block_size", "512"), EXIT,
          r"--block_size 512 exceeds the model's 256 positions: lower --block_size or raise them "
          r"\(e\.g\. --config_overrides n_positions=512\)"),

@@ -22,7 +22,9 @@ Nothing written is ever destroyed silently: when ``output_dir`` holds a *finishe
 ``trainer_state.json`` parses) that cannot be resumed from (``--save_only_model`` wrote no optimizer state),
 or the final weights of a finished run, a restart from scratch would overwrite it, so it is refused; the
 fix is a new ``--output_dir`` or ``--overwrite_output_dir``, which removes the old checkpoints first, saying so.
-A corrupt checkpoint is skipped with a warning and the previous complete one is resumed.
+A corrupt checkpoint is skipped with a warning and the previous complete one is resumed, and so is one
+marked ``nonfinite_next_step.json`` by the NaN guard (:mod:`.stability`): the step right after it was
+non-finite, so its weights are what diverged.
 
 Every checkpoint ``FocoTrainer`` writes also holds ``resume_record.json``: the optimizer (name and
 hyperparameters) and, from the pretraining job, the model and data settings. On resume
@@ -54,6 +56,8 @@ _RESUME_FILES = {"model weights": (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, "
 # --resume_from_checkpoint values that ask for the latest complete checkpoint rather than naming one.
 LATEST = ("latest", "true")
 RESUME_RECORD = "resume_record.json"
+# Written into checkpoint-N when step N+1 had non-finite gradients: its weights led there, so no resume uses it.
+POISONED = "nonfinite_next_step.json"
 
 
 def _state_step(path: Path) -> int | str:
@@ -87,6 +91,8 @@ def checkpoint_problem(path: str | Path) -> str | None:
         return step
     if step != int(match.group(1)):
         return f"{TRAINER_STATE_NAME} records step {step}"
+    if (path / POISONED).is_file():
+        return f"{POISONED}: the step after it had non-finite gradients, so its weights are suspect"
     return missing_resume_files(path) or checkpoint_corruption(path)
 
 

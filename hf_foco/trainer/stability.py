@@ -13,10 +13,14 @@ go wrong the signs are a gradient's spikes, a collapsing or exploding update-to-
   non-finite loss gives non-finite gradients, so it is caught too. The step's gradients are dropped, so
   the optimizer skips every parameter and its state does not advance (an optimizer that was handed more,
   like FOP's half-batch difference, must skip parameters without ``p.grad`` alike). The step is counted.
-  After
-  ``max_bad_steps`` such steps in a row, :class:`TrainingDivergedError` stops training before anything
-  is saved, so the last checkpoint is the last good one. (The LR schedule still advances on a skipped
-  step, as it does on fp16 overflow steps.)
+  No
+  checkpoint is saved at a skipped step. After ``max_bad_steps`` such steps in a row,
+  :class:`TrainingDivergedError` stops training (a run that ends with non-finite weights or eval loss
+  fails too: the pretraining job exits 1); the checkpoint saved right before the streak is then marked
+  (``nonfinite_next_step.json``: its weights led into it, so no resume uses it), ``nonfinite.json`` in
+  the output directory names the first bad step and the last good checkpoint, and so does the error. A logging window whose
+  steps were all skipped logs its loss as NaN (the Trainer's NaN filter would log 0). (The LR schedule
+  still advances on a skipped step, as it does on fp16 overflow steps.)
 
 The summary goes to ``stability.json`` in the output directory and, as a ``stability`` entry, to the
 Trainer's log history.
@@ -33,7 +37,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from ..artifacts.files import STABILITY_FILE
-from .checkpoints import last_checkpoint_before
+from .checkpoints import POISONED, last_checkpoint_before
 from .spikes import DEFAULT_WINDOW, DEFAULT_ZSCORE, SpikeDetector, check_spike_settings
 
 NONFINITE_FILE = "nonfinite.json"  # the first non-finite step and the last good checkpoint before it
@@ -99,18 +103,10 @@ class StabilityCallback(TrainerCallback, ExportableState):
             step = state.global_step + 1
             self.skipped_steps.append(step)
             self.consecutive_bad += 1
-            good = last_checkpoint_before(args.output_dir, step - self.consecutive_bad + 1)
-            if state.is_world_process_zero:
-                record = {"first_bad_step": step - self.consecutive_bad + 1, "skipped_steps": self.skipped_steps,
-                          "last_good_checkpoint": good}
-                os.makedirs(args.output_dir, exist_ok=True)
-                with open(os.path.join(args.output_dir, NONFINITE_FILE), "w") as f:
-                    json.dump(record, f, indent=2)
             if self.consecutive_bad >= self.max_bad_steps:
-                self.diverged = True
-                self.write_summary(args, state)
-                where = (f"The last checkpoint saved before the first of them, {good}, is intact (none is saved "
-                         "after a non-finite step)" if good else "No checkpoint was saved before the first of them")
+                good = self.diverge(args, state)
+                where = (f"The last good checkpoint is {good} (none is saved after a non-finite step, nor "
+                         "resumed from the one right before it)" if good else "No checkpoint before them is good")
                 raise TrainingDivergedError(
                     f"Stopped at step {step}: {self.consecutive_bad} consecutive steps had non-finite gradients "
                     f"(skipped steps: {self.skipped_steps[-self.consecutive_bad:]}). {where}. Lower "
@@ -131,6 +127,23 @@ class StabilityCallback(TrainerCallback, ExportableState):
             weight = _norms(self._before).norm()
             self._pending_ratio = (delta / weight.clamp_min(1e-12)).item()
         self._before = None
+
+    def diverge(self, args, state) -> str | None:
+        """The run diverged: mark the checkpoint saved right before the current streak of non-finite steps
+        (its weights led into it), write ``nonfinite.json`` and the summary; the last good checkpoint or None."""
+        first_bad = self.skipped_steps[-self.consecutive_bad] if self.consecutive_bad else state.global_step + 1
+        suspect = os.path.join(args.output_dir, f"checkpoint-{first_bad - 1}")
+        self.diverged = True
+        if state.is_world_process_zero:
+            if os.path.isdir(suspect):
+                with open(os.path.join(suspect, POISONED), "w") as f:
+                    json.dump({"nonfinite_step": first_bad}, f)
+            os.makedirs(args.output_dir, exist_ok=True)
+            with open(os.path.join(args.output_dir, NONFINITE_FILE), "w") as f:
+                json.dump({"first_bad_step": first_bad, "skipped_steps": self.skipped_steps,
+                           "last_good_checkpoint": last_checkpoint_before(args.output_dir, first_bad)}, f, indent=2)
+        self.write_summary(args, state)
+        return last_checkpoint_before(args.output_dir, first_bad)
 
     # -- logging ----------------------------------------------------------------------------------
 

@@ -44,7 +44,13 @@ from transformers.utils import logging
 from ..distributed import register_compression
 from ..optim import create_optimizer, spec_of
 from .arguments import is_registry_optim
-from .checkpoints import RESUME_RECORD, missing_resume_files, optimizer_change_message, resume_differences
+from .checkpoints import (
+    POISONED,
+    RESUME_RECORD,
+    missing_resume_files,
+    optimizer_change_message,
+    resume_differences,
+)
 from .evaluation import LMMetrics, preprocess_logits_for_lm_metrics
 from .record import INFER, write_run_artifacts
 from .sharpness import HessianEigenvalueCallback
@@ -172,6 +178,9 @@ class FocoTrainer(Trainer):
             logger.warning(f"Not saving a checkpoint at step {self.state.global_step}: "
                            f"{'the step was skipped as non-finite' if bad else 'the weights are not finite'}.")
             return
+        stale = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}" / POISONED
+        if self.is_world_process_zero() and stale.is_file():
+            stale.unlink()  # a resumed run rewrites this step with weights that did not diverge
         super()._save_checkpoint(model, trial)
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
