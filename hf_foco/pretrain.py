@@ -82,7 +82,7 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, training
     if resume is not None and str(resume).lower() not in LATEST:
         need_optimizer = not training_args.reset_optimizer_state
         if problem := checkpoint_corruption(resume) or missing_resume_files(resume, need_optimizer):
-            fix = ("" if need_optimizer or "optimizer" not in problem else
+            fix = ("" if not (need_optimizer and "optimizer" in problem) else
                    ", or pass --reset_optimizer_state true to continue its weights with a fresh optimizer state")
             raise ValueError(f"--resume_from_checkpoint {resume} cannot be resumed from: {problem}. Resume from "
                              f"another, intact checkpoint-N directory of the run instead{fix}.")

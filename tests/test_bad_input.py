@@ -97,6 +97,23 @@ def push_offline(c: Ctx):
     return c.main("--push_to_hub", "true", "--hub_model_id", "someone/tiny")
 
 
+def without(*names: str) -> Callable[[Ctx], None]:
+    """A checkpoint-3 of the run (a copy of checkpoint-2) lacking ``names``."""
+    def prepare(c: Ctx) -> None:
+        target = c.out / "checkpoint-3"
+        shutil.copytree(c.out / "checkpoint-2", target)
+        for name in names:
+            (target / name).unlink()
+    return prepare
+
+
+def other_data(c: Ctx):
+    """The same vocabulary (the tokenizer comes with the run) but other text: one file of the corpus."""
+    for k in range(20):
+        c.file(f"other/m{k}.py", f"def f{k}(x):\n    return x + {k}\n" * 60)
+    return c.main("--max_steps", "4", "--train_files", str(c.tmp / "other" / "*.py"))
+
+
 @dataclass(frozen=True)
 class Case:
     id: str
@@ -170,6 +187,44 @@ CASES = [
     Case("push_without_network", push_offline, EXIT,
          r"HF_HUB_OFFLINE=1 forbids network access\. The local run is unchanged \(train without --push_to_hub to keep "
          r"it local\); on a machine with network access run `hf-foco push"),
+    # Resuming with other settings than the checkpoint's (issue 11, #4, #5, #7): refused, naming each change.
+    Case("changed_optimizer", lambda c: c.main("--max_steps", "4", "--optim", "focus"), EXIT,
+         r"checkpoint-2 was saved by another optimizer than this run's \(.*name: 'foco' -> 'focus'.*\).* pass "
+         r"--reset_optimizer_state true"),
+    Case("changed_learning_rate", lambda c: c.main("--max_steps", "4", "--learning_rate", "0.0123"), EXIT,
+         r"another optimizer than this run's \(lr: [0-9.e-]+ -> 0\.0123\)"),
+    Case("changed_config_overrides", lambda c: c.main("--max_steps", "4", "--config_overrides", "resid_pdrop=0.5"),
+         EXIT, r"saved with other settings than this run's \(model: config_overrides: None -> 'resid_pdrop=0\.5'\)"
+               r".*pass a new --output_dir \(or --overwrite_output_dir true\)"),
+    Case("changed_data", other_data, EXIT,
+         r"saved with other settings than this run's \(data: train_files: .* -> .*other/\*\.py.*Rerun with the "
+         r"checkpoint's settings"),
+    Case("mistyped_config_override", lambda c: c.main("--config_overrides", "n_layers=1"), EXIT,
+         r"--config_overrides: gpt2 configs have no 'n_layers' \(did you mean 'n_layer'\?\)"),
+    Case("explicit_checkpoint_without_optimizer", lambda c: c.main(
+        "--max_steps", "4", "--resume_from_checkpoint", str(c.out / "checkpoint-3")), EXIT,
+        r"checkpoint-3 cannot be resumed from: no optimizer state .*or pass --reset_optimizer_state true",
+        prepare=without("optimizer.pt")),
+    Case("explicit_checkpoint_without_scheduler", lambda c: c.main(
+        "--max_steps", "4", "--resume_from_checkpoint", str(c.out / "checkpoint-3")), EXIT,
+        r"checkpoint-3 cannot be resumed from: no scheduler state", prepare=without("scheduler.pt")),
+    # Arguments transformers accepts but trains wrongly with (issue 11, bad input).
+    Case("native_lr_inf", lambda c: c.main("--optim", "adamw_torch", "--learning_rate", "inf"), EXIT,
+         r"--learning_rate inf is not a finite number: pass one like 3e-4"),
+    Case("native_lr_nan", lambda c: c.main("--optim", "adamw_torch", "--learning_rate", "nan"), EXIT,
+         r"--learning_rate nan is not a finite number"),
+    Case("registry_lr_inf", lambda c: c.main("--learning_rate", "inf"), EXIT,
+         r"lr must be finite, got inf\. Fix it with --learning_rate"),
+    Case("zero_gradient_accumulation", lambda c: c.main("--gradient_accumulation_steps", "0"), EXIT,
+         r"--gradient_accumulation_steps 0: it must be an integer >= 1"),
+    Case("negative_gradient_accumulation", lambda c: c.main("--gradient_accumulation_steps", "-2"), EXIT,
+         r"--gradient_accumulation_steps -2: it must be an integer >= 1"),
+    Case("negative_max_steps", lambda c: c.main("--max_steps", "-5"), EXIT,
+         r"--max_steps -5: it must be > 0 \(or -1 to train --num_train_epochs\)"),
+    Case("optim_kwargs_not_json", lambda c: c.main("--optim_kwargs", "{gamma: 0.2}"), EXIT,
+         r"--optim_kwargs '\{gamma: 0\.2\}' is not a JSON object: write it like '\{\"gamma\": 0\.2\}'"),
+    Case("optim_kwargs_a_list", lambda c: c.main("--optim_kwargs", "[0.2]"), EXIT,
+         r"--optim_kwargs '\[0\.2\]' is not a JSON object"),
     Case("unwritable_output_dir",
          lambda c: c.main("--output_dir", f"{c.file('taken', 'a file')}/run"), EXIT,
          r"--output_dir .*/taken/run cannot hold the run's checkpoints: .*/taken is a file, not a directory\. Pass "
