@@ -103,7 +103,28 @@ def load_recipe(path: str | Path, parser: HfArgumentParser) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"Unknown key(s) in recipe {str(path)!r}: {unknown_names(unknown, known)}. Run with --help "
                          "for the valid keys.")
+    for action in parser._actions:
+        if action.dest in recipe and action.type in (int, float):
+            recipe[action.dest] = _number(path, action, recipe[action.dest])
     return recipe
+
+
+def _number(path, action, value):
+    """A recipe's value of a numeric option, checked as the command line would (YAML skips argparse's ``type``):
+    ``null`` only where the option's default is null, whole numbers for integer options."""
+    wanted = "a whole number" if action.type is int else "a number"
+    if value is None and action.default is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = action.type(value)
+        except ValueError:
+            pass
+    ok = isinstance(value, int) if action.type is int else isinstance(value, (int, float))
+    if not ok or isinstance(value, bool):
+        raise ValueError(f"Recipe {str(path)!r}: {action.dest}: {value!r} is not {wanted}; write e.g. "
+                         f"`{action.dest}: {action.default if action.default is not None else 1}`.")
+    return value
 
 
 def parse_recipe_args(parser: HfArgumentParser, argv: Sequence[str]) -> tuple:
