@@ -226,9 +226,9 @@ CASES = [
     Case("negative_max_steps", lambda c: c.main("--max_steps", "-5"), EXIT,
          r"--max_steps -5: it must be > 0 \(or -1 to train --num_train_epochs\)"),
     Case("optim_kwargs_not_json", lambda c: c.main("--optim_kwargs", "{gamma: 0.2}"), EXIT,
-         r"--optim_kwargs '\{gamma: 0\.2\}' is not a JSON object: write it like '\{\"gamma\": 0\.2\}'"),
+         r"--optim_kwargs '\{gamma: 0\.2\}' must be a JSON object: write it like '\{\"gamma\": 0\.2\}'"),
     Case("optim_kwargs_a_list", lambda c: c.main("--optim_kwargs", "[0.2]"), EXIT,
-         r"--optim_kwargs '\[0\.2\]' is not a JSON object"),
+         r"--optim_kwargs '\[0\.2\]' must be a JSON object"),
     Case("unwritable_output_dir",
          lambda c: c.main("--output_dir", f"{c.file('taken', 'a file')}/run"), EXIT,
          r"--output_dir .*/taken/run cannot hold the run's checkpoints: .*/taken is a file, not a directory\. Pass "

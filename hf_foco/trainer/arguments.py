@@ -208,7 +208,7 @@ class FocoTrainingArguments(TrainingArguments):
                 if not isinstance(json.loads(self.optim_kwargs), dict):
                     raise ValueError
             except ValueError:
-                raise ValueError(f"--optim_kwargs {self.optim_kwargs!r} is not a JSON object: write it like "
+                raise ValueError(f"--optim_kwargs {self.optim_kwargs!r} must be a JSON object: write it like "
                                  "'{\"gamma\": 0.2}' (double quotes around keys), or use --optim_args gamma=0.2.") from None
         if self.max_steps == 0:
             raise ValueError("--max_steps 0 trains nothing: pass a positive number of steps, or -1 to train "
