@@ -55,16 +55,11 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None):
 
 def check_output_dir(output_dir: str) -> None:
     """Fail now, not at the first save after hours of training, when ``output_dir`` cannot be written."""
-    path = Path(output_dir).absolute()
-    existing = next(p for p in (path, *path.parents) if p.exists())
-    if not existing.is_dir():
-        problem = f"{existing} is a file, not a directory"
-    elif not os.access(existing, os.W_OK | os.X_OK):
-        problem = f"{existing} is not writable"
-    else:
-        return
-    raise ValueError(f"--output_dir {output_dir} cannot hold the run's checkpoints: {problem}. Pass a --output_dir "
-                     "you can write to.")
+    from .artifacts.files import unwritable_dir
+
+    if problem := unwritable_dir(output_dir):
+        raise ValueError(f"--output_dir {output_dir} cannot hold the run's checkpoints: {problem}. Pass a "
+                         "--output_dir you can write to.")
 
 
 def build_trainer(model_args: ModelArguments, data_args: DataArguments, training_args, callbacks=None):

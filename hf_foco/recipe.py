@@ -68,21 +68,27 @@ def describe_recipe_usage(parser: HfArgumentParser, summary: str, example: str, 
         f"example:\n  {example}")
 
 
+def read_yaml(path: str | Path, what: str = "Recipe") -> Any:
+    """The YAML value ``path`` holds; a file that is not UTF-8 or not valid YAML fails naming it, where, and
+    the fix (``what`` names the kind of file in the message)."""
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{what} {str(path)!r} is not UTF-8 text ({err.reason} at byte {err.start}): save it as "
+                         "UTF-8.") from None
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        raise ValueError(f"{what} {str(path)!r} is not valid YAML{at}: {getattr(err, 'problem', err)}. Fix the "
+                         "syntax (one `key: value` per line).") from None
+
+
 def read_recipe(path: str | Path) -> dict[str, Any]:
     """The mapping a recipe file holds; a missing, unreadable or non-mapping file fails naming it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Recipe {str(path)!r} does not exist (see recipes/ for examples).")
-    try:
-        recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as err:
-        raise ValueError(f"Recipe {str(path)!r} is not UTF-8 text ({err.reason} at byte {err.start}): save it as "
-                         "UTF-8.") from None
-    except yaml.YAMLError as err:
-        where = getattr(err, "problem_mark", None)
-        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
-        raise ValueError(f"Recipe {str(path)!r} is not valid YAML{at}: {getattr(err, 'problem', err)}. Fix the "
-                         "syntax (one `key: value` per line).") from None
+    recipe = read_yaml(path)
     if recipe is None:
         return {}
     if not isinstance(recipe, dict):

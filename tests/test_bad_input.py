@@ -22,18 +22,24 @@ it can enter in two places, both in the table:
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import huggingface_hub
+import huggingface_hub.errors
 import pytest
 import torch
 from helpers import REPO, short_args, tiny_gpt2
 from transformers import TrainerCallback
 
+import hf_foco.valley
+from hf_foco.cli import main as cli_main
+from hf_foco.data.corpus import local_corpus
 from hf_foco.optim import create_optimizer
 from hf_foco.pretrain import main
 from hf_foco.trainer import TrainingDivergedError
@@ -55,10 +61,10 @@ class Ctx:
         """``run_pretrain RECIPE`` for 2 short steps into ``out``; later keys win, so ``extra`` overrides."""
         return main([str(recipe), *short_args(self.out, self.data_keys), *extra], callbacks=callbacks)
 
-    def file(self, name: str, text: str) -> str:
+    def file(self, name: str, text: str | bytes) -> str:
         path = self.tmp / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+        path.write_bytes(text if isinstance(text, bytes) else text.encode())
         return str(path)
 
     def recipe(self, text: str) -> str:
@@ -158,6 +164,14 @@ CASES = [
     Case("data_shorter_than_a_block",
          lambda c: c.main("--train_files", c.file("short.txt", "x = 1\n" * 40), "--validation_fraction", "0.5"), EXIT,
          r"split of local files .* has fewer tokens than one block of 128: add data, lower --block_size"),
+    Case("train_files_a_directory", lambda c: c.main("--train_files", str(Path(c.file("data/a.bin", "x")).parent)),
+         EXIT, r"--train_files: '.*/data' matches only directories \('.*/data'\), no data file\. Pass the files in "
+               r"them, e\.g\. '.*/data/\*\*/\*\.txt'"),
+    Case("train_files_glob_without_text", lambda c: c.main("--train_files", c.file("data/a.bin", "x")[:-5] + "*"),
+         EXIT, r"Cannot tell the format of data files with suffixes \['\.bin'\]: use only text \(.*\) or only JSON"),
+    Case("malformed_jsonl", lambda c: c.main("--train_files", c.file("rows.jsonl", '{"text": "a"}\n{"text": \n')),
+         EXIT, r"--train_files: .*rows\.jsonl line 2 is not valid JSON \(Expecting value.*\)\. Fix that line \(one "
+               r"JSON object per line"),
     Case("missing_text_column", lambda c: c.main("--text_column", "body"), EXIT,
          r"no text column 'body'; its columns are \['text'\]\. Pass --text_column with one of them"),
     Case("nan_in_jsonl_text",
@@ -181,6 +195,10 @@ CASES = [
          r"gradient_accumulation_steps: None is not a whole number; write e\.g\. `gradient_accumulation_steps: 1`"),
     Case("float_integer_in_recipe", lambda c: c.main(recipe=c.recipe("save_total_limit: 2.5\n")), EXIT,
          r"save_total_limit: 2\.5 is not a whole number"),
+    Case("malformed_recipe", lambda c: c.main(recipe=c.file("bad.yaml", "optim: foco\nlearning_rate: [1\n")), EXIT,
+         r"Recipe '.*bad\.yaml' is not valid YAML at line 3, column 1: .*\. Fix the syntax"),
+    Case("non_utf8_recipe", lambda c: c.main(recipe=c.file("latin1.yaml", b"optim: foco\n# caf\xe9\n")), EXIT,
+         r"Recipe '.*latin1\.yaml' is not UTF-8 text \(invalid continuation byte at byte 17\): save it as UTF-8"),
     Case("missing_recipe", lambda c: c.main(recipe=c.tmp / "foco.yml"), EXIT,
          r"Recipe '.*foco\.yml' does not exist \(see recipes/ for examples\)"),
     Case("corrupted_checkpoint", lambda c: c.main("--resume_from_checkpoint", str(c.out / "checkpoint-4")), EXIT,
@@ -225,6 +243,10 @@ CASES = [
          r"--gradient_accumulation_steps -2: it must be an integer >= 1"),
     Case("negative_max_steps", lambda c: c.main("--max_steps", "-5"), EXIT,
          r"--max_steps -5: it must be > 0 \(or -1 to train --num_train_epochs\)"),
+    Case("zero_eval_blocks", lambda c: c.main("--max_eval_blocks", "0"), EXIT,
+         r"--max_eval_blocks 0: it must be >= 1 \(or leave it unset\)"),
+    Case("zero_vocabulary", lambda c: c.main("--tokenizer_vocab_size", "0"), EXIT,
+         r"--tokenizer_vocab_size 0: it must be >= 1\."),
     Case("optim_kwargs_not_json", lambda c: c.main("--optim_kwargs", "{gamma: 0.2}"), EXIT,
          r"--optim_kwargs '\{gamma: 0\.2\}' must be a JSON object: write it like '\{\"gamma\": 0\.2\}'"),
     Case("optim_kwargs_a_list", lambda c: c.main("--optim_kwargs", "[0.2]"), EXIT,
@@ -275,3 +297,115 @@ def test_bad_input_fails_clearly_and_leaves_the_checkpoint_untouched(case, works
     after = snapshot(out)
     assert {k: after.get(k) for k in before} == before, "an existing file was changed or removed"
     assert sorted(set(after) - set(before)) == sorted(case.writes)
+
+
+# -- the other commands: the same rule (one line naming the problem and the fix, before any work, nothing
+# written), through hf_foco.cli.main.
+
+@pytest.fixture
+def saved_run(tmp_path):
+    """A run directory as `hf-foco push` finds it: weights, config and a card of its own."""
+    out = tmp_path / "run"
+    tiny_gpt2().save_pretrained(out)
+    (out / "README.md").write_text("the card as the run wrote it\n")
+    return out
+
+
+def _refuse_network(self, *args, **kwargs):
+    raise huggingface_hub.errors.HTTPError("[Errno -3] Temporary failure in name resolution")
+
+
+@pytest.mark.parametrize(("repo_id", "network", "message"), [
+    ("not a repo//id", True, r"--repo-id 'not a repo//id' is not a Hub repository id \(.*\)\. Pass one like "
+                             r"'USER/NAME'\."),
+    ("someone/tiny", False, r"Cannot push .* to someone/tiny: HTTPError: \[Errno -3\] Temporary failure in name "
+                            r"resolution\. Check the network, .* run `hf-foco push .* --repo-id someone/tiny` again"),
+])
+def test_push_fails_before_rewriting_the_card(saved_run, repo_id, network, message, monkeypatch, capsys):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", _refuse_network)
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_commit", _refuse_network)
+    before = snapshot(saved_run)
+    assert cli_main(["push", str(saved_run), "--repo-id", repo_id]) == 1
+    err = capsys.readouterr().err
+    assert re.search(message, err) and err.count("\n") == 1, err
+    assert snapshot(saved_run) == before
+
+
+def test_push_refuses_dataset_info_that_is_not_a_json_object(saved_run, capsys):
+    with pytest.raises(SystemExit) as raised:
+        cli_main(["push", str(saved_run), "--repo-id", "someone/tiny", "--dataset-info", "{name: x}"])
+    assert raised.value.code == 2
+    assert "argument --dataset-info: '{name: x}' is not a JSON object: write it like" in capsys.readouterr().err
+
+
+STUDY = f"""name: broken
+recipe: {REPO}/recipes/gpt2-nano/{{optimizer}}.yaml
+seeds: [0]
+optimizers:
+  foco: {{learning_rates: [1.0e-3]}}
+"""
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    (b"name: x\nrecipe: [\n", r"Study '.*study\.yaml' is not valid YAML at line 3, column 1: .*Fix the syntax"),
+    (b"name: caf\xe9\n", r"Study '.*study\.yaml' is not UTF-8 text \(invalid continuation byte at byte 9\)"),
+])
+def test_compare_refuses_a_malformed_study(tmp_path, text, message, capsys):
+    study = tmp_path / "study.yaml"
+    study.write_bytes(text)
+    assert cli_main(["compare", str(study), "--output_dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_compare_fails_when_no_run_of_the_study_finished(tmp_path, capsys):
+    """An override (here: a launcher) that breaks every run is a broken study, not a result: exit 1."""
+    study = tmp_path / "study.yaml"
+    study.write_text(STUDY)
+    failing = f"{sys.executable} -c 'import sys; sys.exit(3)'"
+    assert cli_main(["compare", str(study), "--output_dir", str(tmp_path / "out"), "--launcher", failing]) == 1
+    assert re.search(r"none of the study's 1 run\(s\) finished; the first one's log is .*train\.log\. Fix the "
+                     r"study's overrides or recipe, then rerun with --retry_failed", capsys.readouterr().err)
+
+
+def test_compare_refuses_an_output_dir_that_is_a_file(tmp_path, capsys):
+    study = tmp_path / "study.yaml"
+    study.write_text(STUDY)
+    (tmp_path / "taken").write_text("a file")
+    assert cli_main(["compare", str(study), "--output_dir", str(tmp_path / "taken"), "--dry_run"]) == 2
+    assert re.search(r"the study's output_dir .*taken cannot hold its runs: .*taken is a file, not a directory\. "
+                     r"Pass another --output_dir", capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("out_dir", ["taken", "taken/valley"])
+def test_valley_refuses_an_out_dir_that_is_a_file_before_the_sweep(tmp_path, out_dir, monkeypatch):
+    (tmp_path / "taken").write_text("a file")
+
+    def no_sweep(*args, **kwargs):
+        raise AssertionError("the sweep started")
+
+    monkeypatch.setattr(hf_foco.valley, "sweep", no_sweep)
+    with pytest.raises(SystemExit, match=r"--out-dir .*taken.* cannot hold the CSV and plots: .*taken is a file, not "
+                                         r"a directory\. Pass another --out-dir"):
+        cli_main(["valley", "--preset", "quick", "--out-dir", str(tmp_path / out_dir)])
+    assert (tmp_path / "taken").read_text() == "a file"
+
+
+def test_valley_refuses_an_empty_axis(tmp_path):
+    with pytest.raises(SystemExit, match=r"--n-sigma, --n-a, .* must be >= 1 .*got 0, "):
+        cli_main(["valley", "--preset", "quick", "--n-sigma", "0", "--out-dir", str(tmp_path / "v")])
+
+
+def test_text_that_is_not_utf8_is_read_with_a_warning_that_counts_it(tmp_path, caplog):
+    """Latin-1 and binary bytes decode to U+FFFD (training goes on); the warning says how many."""
+    (tmp_path / "latin1.txt").write_bytes("x = 'café'\n".encode("latin-1") * 3)  # one bad byte per line
+    (tmp_path / "good.txt").write_text("y = 2\n" * 3)
+    with caplog.at_level(logging.WARNING):
+        data = local_corpus([str(tmp_path / "*.txt")], [str(tmp_path / "good.txt")], 0.5,
+                            cache_dir=str(tmp_path / "cache"))
+    assert sum(text.count("\ufffd") for text in data["train"]["text"]) == 3
+    assert re.search(r"The train files hold 3 characters that are not UTF-8 \(\d+\.\d% of the text\), read as "
+                     r"U\+FFFD: re-encode them as UTF-8", caplog.text), caplog.text
+    assert "validation" not in caplog.text  # good.txt is clean
