@@ -2,8 +2,10 @@
 command, resumes from the latest complete checkpoint (never a partial one) and ends bit-identical to a run
 that was never interrupted; and which checkpoint directories count as complete."""
 
+import hashlib
 import json
 import logging
+import math
 import re
 import shutil
 import signal
@@ -12,10 +14,13 @@ import sys
 
 import pytest
 import torch
-from helpers import REPO, common_args, short_args, text_dataset, tiny_gpt2
+from helpers import REPO, common_args, short_args, text_dataset, tiny_gpt2, token_batches
 from safetensors.torch import load_file
+from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
+from hf_foco.optim import create_optimizer
+from hf_foco.pretrain import main as pretrain_main
 from hf_foco.trainer import FocoTrainer, FocoTrainingArguments
 from hf_foco.trainer.checkpoints import (
     checkpoint_problem,
@@ -228,3 +233,106 @@ def test_resume_flag_keeps_a_path_and_resolves_latest(real_checkpoint, tmp_path)
     assert checkpoint_to_resume(tmp_path, "latest") == checkpoint_to_resume(tmp_path) == str(checkpoint)
     # An explicit path wins over the latest checkpoint.
     assert checkpoint_to_resume(tmp_path, str(real_checkpoint)) == str(real_checkpoint)
+
+
+# -- end to end through the pretraining job (issue 11 #2, #3) -------------------------------------------------
+
+class Steps(TrainerCallback):
+    """The optimizer steps a run trained, and every loss it logged."""
+
+    def __init__(self):
+        self.trained, self.losses = [], {}
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.trained.append(state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.losses[state.global_step] = logs["loss"]
+
+
+def _files(root):
+    """Every file under ``root`` with its bytes' hash and modification time."""
+    return {str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+            for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+def test_a_finished_run_rerun_is_a_no_op_and_a_run_killed_after_its_last_checkpoint_trains_no_more(
+        workspace, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = [str(REPO / "recipes" / "gpt2-nano" / "foco.yaml"), *short_args(out, workspace["data_keys"]),
+            "--save_strategy", "steps", "--save_steps", "2", "--lr_scheduler_type", "constant"]
+    assert pretrain_main(argv) == 0
+    finished = _files(out)
+    steps = Steps()
+    assert pretrain_main(argv, callbacks=[steps]) == 0  # the same command again
+    assert steps.trained == [] and _files(out) == finished
+    assert f"Nothing to do: the run in {out} already finished at step 2" in capsys.readouterr().out
+    # Killed after writing checkpoint-2 (its last step) but before the final save: the rerun finishes from it.
+    for name in ("model.safetensors", "eval_results.json", "all_results.json"):
+        (out / name).unlink()
+    steps = Steps()
+    assert pretrain_main(argv, callbacks=[steps]) == 0
+    assert steps.trained == []
+    assert "checkpoint-2 is the run's last step (2): finishing it without training" in capsys.readouterr().out
+    final, saved = load_file(out / "model.safetensors"), load_file(out / "checkpoint-2" / "model.safetensors")
+    assert final.keys() == saved.keys() and all(torch.equal(final[k], saved[k]) for k in saved)
+
+
+@pytest.mark.slow
+def test_a_run_that_ends_diverged_exits_1_saves_nothing_of_it_and_logs_no_zero_loss(workspace, tmp_path):
+    """--learning_rate 1e30: step 1 blows the weights up, steps 2-4 are skipped, fewer than --max_bad_steps
+    (5), so training "finishes": the job must still fail, keep no checkpoint of the blown-up weights and
+    log the skipped steps' losses as NaN, not 0."""
+    out, steps = tmp_path / "run", Steps()
+    argv = [str(REPO / "recipes" / "gpt2-nano" / "foco.yaml"), *short_args(out, workspace["data_keys"]),
+            "--max_steps", "4", "--learning_rate", "1e30", "--warmup_steps", "0", "--save_strategy", "steps",
+            "--save_steps", "1"]
+    with pytest.raises(SystemExit, match=r"run_pretrain: error: the run diverged: the eval loss is nan\. The last "
+                                         r"good checkpoint is none\. Lower --learning_rate"):
+        pretrain_main(argv, callbacks=[steps])
+    assert not list(out.glob("checkpoint-*")) and not (out / "model.safetensors").exists()
+    assert not (out / "eval_results.json").exists()
+    assert json.loads((out / "stability.json").read_text())["status"] == "diverged"
+    record = json.loads((out / "nonfinite.json").read_text())
+    assert record["first_bad_step"] == 2 and record["skipped_steps"] == [2, 3, 4]
+    assert record["last_good_checkpoint"] is None
+    assert math.isfinite(steps.losses[1]) and all(math.isnan(steps.losses[s]) for s in (2, 3, 4)), steps.losses
+
+
+# -- the stability record and the optimizer's state across a resume (issue 11 #4, #7) ---------------------
+
+def _poisoned(out, bad_steps, **overrides):
+    args = FocoTrainingArguments(**common_args(out, optim="foco", learning_rate=3e-3, max_steps=6, logging_steps=1,
+                                               save_strategy="steps", save_steps=3, max_bad_steps=3, **overrides))
+    trainer = FocoTrainer(model=tiny_gpt2(), args=args, train_dataset=text_dataset(48))
+    weight = trainer.model.transformer.h[0].attn.c_attn.weight
+    weight.register_hook(lambda g: g * float("nan") if trainer.state.global_step + 1 in bad_steps else g)
+    return trainer
+
+
+def test_the_stability_record_survives_a_resume(tmp_path):
+    """A run with step 2 skipped, resumed from checkpoint-3, reports what the uninterrupted run reports:
+    the skipped step, the largest gradient norm and the spikes of the steps before the resume too."""
+    whole = _poisoned(tmp_path / "whole", {2})
+    whole.train()
+    shutil.copytree(tmp_path / "whole" / "checkpoint-3", tmp_path / "resumed" / "checkpoint-3")
+    resumed = _poisoned(tmp_path / "resumed", set())
+    resumed.train(resume_from_checkpoint=str(tmp_path / "resumed" / "checkpoint-3"))
+    expected = json.loads((tmp_path / "whole" / "stability.json").read_text())
+    assert expected["skipped_steps"] == [2] and expected["max_grad_norm"] is not None
+    assert json.loads((tmp_path / "resumed" / "stability.json").read_text()) == expected
+
+
+def test_an_optimizer_refuses_the_state_of_another_one():
+    model = tiny_gpt2()
+    foco = create_optimizer("foco", model)
+    model(**token_batches(1)[0]).loss.backward()
+    foco.step()
+    with pytest.raises(ValueError, match=r"This state dict was saved by another optimizer .* not by Lion .*Resume "
+                                         r"with the optimizer that saved it"):
+        create_optimizer("lion", model).load_state_dict(foco.state_dict())
+    again = create_optimizer("foco", model)
+    again.load_state_dict(foco.state_dict())  # its own kind loads
+    assert again.state_dict()["state"].keys() == foco.state_dict()["state"].keys()

@@ -188,6 +188,18 @@ class FocoTrainer(Trainer):
         if self.is_world_process_zero():
             (Path(output_dir) / RESUME_RECORD).write_text(json.dumps(self.resume_record(), indent=2, default=str))
 
+    def _load_callback_state(self) -> None:
+        """transformers restores callback state only with ``--restore_callback_states_from_checkpoint``; the
+        stability monitor's record (skipped steps, largest gradient norm, spikes and their loss window)
+        always survives a resume, so a resumed run's summary covers the whole run."""
+        if self.args.restore_callback_states_from_checkpoint:
+            return super()._load_callback_state()
+        monitor = self.stability
+        saved = self.state.stateful_callbacks.get(type(monitor).__name__) if monitor is not None else None
+        if saved:
+            for name, value in (saved[0] if isinstance(saved, list) else saved).get("attributes", {}).items():
+                setattr(monitor, name, value)
+
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         """transformers' load, refusing what it would do silently: a checkpoint without optimizer or scheduler
         state, or with another optimizer's. ``--reset_optimizer_state`` keeps the fresh optimizer and moves
