@@ -213,6 +213,20 @@ class FocoTrainingArguments(TrainingArguments):
         if self.max_steps == 0:
             raise ValueError("--max_steps 0 trains nothing: pass a positive number of steps, or -1 to train "
                              "--num_train_epochs.")
+        if self.max_steps < 0 and self.num_train_epochs <= 0:
+            raise ValueError(f"--num_train_epochs {self.num_train_epochs} trains nothing: pass a positive number of "
+                             "epochs, or --max_steps N.")
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} {getattr(self, name)}: it must be >= 1.")
+        for name, strategy in (("save_steps", self.save_strategy), ("eval_steps", self.eval_strategy)):
+            value = getattr(self, name)
+            if str(getattr(strategy, "value", strategy)) == "steps" and value is not None and value <= 0:
+                raise ValueError(f"--{name} {value} with --{name.split('_')[0]}_strategy steps: it must be > 0 (a "
+                                 "number of steps, or a fraction of the run below 1).")
+        if self.max_grad_norm is not None and not (math.isfinite(self.max_grad_norm) and self.max_grad_norm >= 0):
+            raise ValueError(f"--max_grad_norm {self.max_grad_norm}: it must be a finite number >= 0 (0: no "
+                             "clipping).")
 
     def optimizer_record(self) -> dict:
         """The optimizer as a checkpoint records it (name and hyperparameters), to compare on resume."""
