@@ -119,7 +119,8 @@ def check_resume(checkpoint: str, model_args, data_args, training_args) -> None:
     """Refuse a resume whose settings differ from the checkpoint's, naming each difference and the fix."""
     from .trainer.checkpoints import optimizer_change_message, resume_differences
 
-    current = {**run_settings(model_args, data_args), "optimizer": training_args.optimizer_record()}
+    current = {**run_settings(model_args, data_args), "optimizer": training_args.optimizer_record(),
+               "training": training_args.training_record()}
     changed = resume_differences(checkpoint, current)
     optimizer = changed.pop("optimizer", None)
     if changed:

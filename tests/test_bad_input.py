@@ -221,6 +221,8 @@ CASES = [
     Case("changed_data", other_data, EXIT,
          r"saved with other settings than this run's \(data: train_files: .* -> .*other/\*\.py.*Rerun with the "
          r"checkpoint's settings"),
+    Case("changed_batch_size", lambda c: c.main("--max_steps", "4", "--per_device_train_batch_size", "2"), EXIT,
+         r"saved with other settings than this run's \(training: per_device_train_batch_size: 4 -> 2\)"),
     Case("mistyped_config_override", lambda c: c.main("--config_overrides", "n_layers=1"), EXIT,
          r"--config_overrides: gpt2 configs have no 'n_layers' \(did you mean 'n_layer'\?\)"),
     Case("explicit_checkpoint_without_optimizer", lambda c: c.main(

@@ -206,8 +206,13 @@ def test_a_finished_checkpoint_that_cannot_resume_is_never_overwritten(real_chec
     with the fix; --overwrite_output_dir removes the old checkpoints, saying so."""
     checkpoint = _copy(real_checkpoint, tmp_path, 4)
     (checkpoint / "optimizer.pt").unlink()
-    with pytest.raises(ValueError, match=r"holds checkpoint-4 of an earlier run but no checkpoint to resume from .*"
-                                         r"Pass a new --output_dir, or --overwrite_output_dir true"):
+    with pytest.raises(ValueError, match=r"holds checkpoint-4 \(no optimizer state .*\) of an earlier run but no "
+                                         r"checkpoint to resume from, .*Pass a new --output_dir, or "
+                                         r"--overwrite_output_dir true"):
+        checkpoint_to_resume(tmp_path)
+    (checkpoint / "nonfinite_next_step.json").write_text('{"nonfinite_step": 5}')  # the NaN guard's mark
+    with pytest.raises(ValueError, match=r"holds checkpoint-4 \(nonfinite_next_step\.json: the step after it had "
+                                         r"non-finite gradients"):
         checkpoint_to_resume(tmp_path)
     assert checkpoint_to_resume(tmp_path, overwrite=True) is None
     assert clear_checkpoints(tmp_path) == ["checkpoint-4"] and not checkpoint.exists()

@@ -114,9 +114,10 @@ def local_corpus(train_files: Sequence[str], validation_files: Sequence[str] | N
     try:
         raw = load_dataset(builder, data_files=data_files, cache_dir=cache_dir, **kwargs)
     except DatasetGenerationError as err:
-        if builder == "json" and (where := first_bad_json_line([f for fs in data_files.values() for f in fs])):
-            raise ValueError(f"{where}. Fix that line (one JSON object per line, e.g. "
-                             f'{{"{text_column}": "some text"}}), or remove the file from --train_files.') from err
+        for split, files in data_files.items():
+            if builder == "json" and (where := first_bad_json_line(files)):
+                raise ValueError(f"--{split}_files: {where}. Fix that line (one JSON object per line, e.g. "
+                                 f'{{"{text_column}": "some text"}}), or leave the file out.') from err
         raise
     if builder == "text":
         for split, dataset in raw.items():
@@ -135,7 +136,7 @@ def first_bad_json_line(files: Sequence[str]) -> str | None:
                     try:
                         json.loads(line)
                     except ValueError as err:
-                        return f"--train_files: {file} line {number} is not valid JSON ({err})"
+                        return f"{file} line {number} is not valid JSON ({err})"
     return None
 
 

@@ -228,6 +228,14 @@ class FocoTrainingArguments(TrainingArguments):
             raise ValueError(f"--max_grad_norm {self.max_grad_norm}: it must be a finite number >= 0 (0: no "
                              "clipping).")
 
+    def training_record(self) -> dict:
+        """The batch and schedule settings a checkpoint records, to compare on resume (a changed batch or
+        schedule would silently make another run; --max_steps may change, to train further)."""
+        return {"per_device_train_batch_size": self.per_device_train_batch_size,
+                "gradient_accumulation_steps": self.gradient_accumulation_steps,
+                "lr_scheduler_type": str(getattr(self.lr_scheduler_type, "value", self.lr_scheduler_type)),
+                "warmup_steps": self.warmup_steps, "max_grad_norm": self.max_grad_norm, "seed": self.seed}
+
     def optimizer_record(self) -> dict:
         """The optimizer as a checkpoint records it (name and hyperparameters), to compare on resume."""
         if is_registry_optim(self.optim):

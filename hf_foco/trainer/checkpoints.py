@@ -157,8 +157,9 @@ def latest_complete_checkpoint(output_dir: str | Path) -> str | None:
 
 
 def _kept_results(output_dir: Path) -> list[str]:
-    """What a restart from scratch in ``output_dir`` would overwrite: finished checkpoints and final weights."""
-    kept = [p.name for p in _checkpoints(output_dir) if isinstance(_state_step(p), int)]
+    """What a restart from scratch in ``output_dir`` would overwrite: finished checkpoints (each with why it
+    cannot be resumed) and final weights."""
+    kept = [f"{p.name} ({checkpoint_problem(p)})" for p in _checkpoints(output_dir) if isinstance(_state_step(p), int)]
     return kept + [name for name in (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME) if (output_dir / name).is_file()]
 
 
@@ -196,8 +197,7 @@ def checkpoint_to_resume(output_dir: str | Path, requested: str | None = None, w
         if kept := _kept_results(Path(output_dir)):
             raise ValueError(
                 f"--output_dir {output_dir} holds {', '.join(kept)} of an earlier run but no checkpoint to resume "
-                "from (one saved with --save_only_model has no optimizer state), and starting over would overwrite "
-                "them. Pass a new --output_dir, or --overwrite_output_dir true to start over there, or "
+                "from, and starting over would overwrite them. Pass a new --output_dir, or --overwrite_output_dir true to start over there, or "
                 "--resume_from_checkpoint DIR --reset_optimizer_state true to continue from a checkpoint's weights.")
         return None
     logger.warning(f"Resuming from {found}, the latest complete checkpoint in {output_dir} (use an empty "

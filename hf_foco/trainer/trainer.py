@@ -161,11 +161,12 @@ class FocoTrainer(Trainer):
     # -- checkpoints -----------------------------------------------------------------------------------------
 
     def resume_record(self) -> dict:
-        """What each checkpoint records to compare on resume (:func:`resume_differences`): the optimizer, and the
-        ``run_settings`` (model, data) a job sets on the trainer."""
+        """What each checkpoint records to compare on resume (:func:`resume_differences`): the optimizer, the
+        batch and schedule, and the ``run_settings`` (model, data) a job sets on the trainer."""
         record = dict(getattr(self, "run_settings", {}))
         if hasattr(self.args, "optimizer_record"):
             record["optimizer"] = self.args.optimizer_record()
+            record["training"] = self.args.training_record()
         return record
 
     def _save_checkpoint(self, model, trial) -> None:
