@@ -108,13 +108,23 @@ def _run(argv: list[str]) -> int:
 
 # -- hf-foco push ------------------------------------------------------------------------------------------
 
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a JSON object: write it like '{{\"name\": \"wikitext\"}}'")
+    return value
+
+
 def _push_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("output_dir", help="output directory of a finished run")
     parser.add_argument("--repo-id", required=True, help="Hub repository, USER/NAME")
     parser.add_argument("--private", action="store_true", help="create the repository private")
     parser.add_argument("--revision", default=None, help="branch to push to")
     parser.add_argument("--token", default=None, help="Hub token (default: the logged-in one)")
-    parser.add_argument("--dataset-info", type=json.loads, default=None,
+    parser.add_argument("--dataset-info", type=_json_object, default=None,
                         help="JSON dict describing the training data, shown in the card")
 
 
@@ -152,6 +162,7 @@ def _compare_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _compare(args: argparse.Namespace) -> int:
+    from .artifacts.files import unwritable_dir
     from .compare.report import report_study
     from .compare.runner import DEFAULT_LAUNCHER, current_runs, read_marker, run_study
     from .compare.study import Study
@@ -163,6 +174,9 @@ def _compare(args: argparse.Namespace) -> int:
         # custom launcher may take other keys.
         if not (args.dry_run or args.report_only) and launcher == list(DEFAULT_LAUNCHER):
             study.check_runs()
+        if problem := unwritable_dir(study.output_dir):
+            raise ValueError(f"the study's output_dir {study.output_dir} cannot hold its runs: {problem}. Pass "
+                             "another --output_dir.")
     except ValueError as err:
         print(f"hf-foco compare: {err}", file=sys.stderr)
         return 2
@@ -180,6 +194,13 @@ def _compare(args: argparse.Namespace) -> int:
             return 2
     report_study(study)
     print(f"Report: {study.output_dir / 'report.md'}")
+    # A diverged learning rate is a result; a study none of whose runs finished is a broken setup.
+    runs = study.runs()
+    if runs and all((read_marker(spec) or {}).get("status") == "failed" for spec in runs):
+        print(f"hf-foco compare: error: none of the study's {len(runs)} run(s) finished; the first one's log is "
+              f"{runs[0].output_dir / 'train.log'}. Fix the study's overrides or recipe, then rerun with "
+              "--retry_failed.", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -220,6 +241,7 @@ def _valley_arguments(parser: argparse.ArgumentParser) -> None:
 def _valley(args: argparse.Namespace) -> int:
     import torch
 
+    from .artifacts.files import unwritable_dir
     from .valley import (
         GRIDS,
         SPEC_SPOT_VALUES,
@@ -237,9 +259,13 @@ def _valley(args: argparse.Namespace) -> int:
         preset if override is None else override for override, preset in zip(
             (args.n_sigma, args.n_a, args.n_omega, args.n_lr, args.replicates, args.steps),
             GRIDS["spec" if args.spot_check else args.preset], strict=True))
-    if min(n_lr, steps, args.workers) < 1 or reps < 2:
-        raise SystemExit(f"--n-lr, --steps and --workers must be >= 1 and --replicates >= 2 (for a stderr); "
-                         f"got {n_lr}, {steps}, {args.workers}, {reps}")
+    if min(n_sigma, n_a, n_omega, n_lr, steps, args.workers) < 1 or reps < 2:
+        raise SystemExit(f"--n-sigma, --n-a, --n-omega, --n-lr, --steps and --workers must be >= 1 and --replicates "
+                         f">= 2 (for a stderr); got {n_sigma}, {n_a}, {n_omega}, {n_lr}, {steps}, {args.workers}, "
+                         f"{reps}")
+    if problem := unwritable_dir(args.out_dir):
+        raise SystemExit(f"hf-foco valley: error: --out-dir {args.out_dir} cannot hold the CSV and plots: {problem}. "
+                         "Pass another --out-dir.")
     lrs = torch.logspace(-3, 0, n_lr, dtype=torch.float64).tolist()
     run = dict(replicates=reps, steps=steps, seed=args.seed, workers=args.workers)
     if args.spot_check:

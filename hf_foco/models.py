@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, PretrainedConfig, PreTrainedModel
 
 from .hints import did_you_mean, parse_key_values, unknown_names
@@ -89,6 +90,11 @@ def _parse_overrides(text: str | None) -> dict[str, Any]:
     return {key: yaml.safe_load(value) for key, value in pairs.items()}
 
 
+# Size settings of the usual configs: a value below 1 builds a model that cannot train (or trains nothing).
+_SIZES = ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size", "num_hidden_layers", "num_attention_heads",
+          "hidden_size", "intermediate_size", "max_position_embeddings")
+
+
 def positions(config: PretrainedConfig) -> int | None:
     """The longest sequence the model's position embedding serves, if it has one."""
     return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
@@ -108,7 +114,12 @@ def model_config(model_args: ModelArguments, block_size: int) -> PretrainedConfi
         raise ValueError(f"--config_overrides: {config.model_type} configs have no {unknown_names(unknown, known)}; "
                          f"fix the key(s) (e.g. n_layer, n_embd, n_head, n_positions).")
     for key, value in overrides.items():
-        setattr(config, key, value)
+        if key in _SIZES and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            raise ValueError(f"--config_overrides {key}={value!r}: {key} must be a whole number >= 1.")
+        try:
+            setattr(config, key, value)
+        except StrictDataclassError as err:  # transformers' typed config fields (e.g. n_layer=x)
+            raise ValueError(f"--config_overrides {key}={value!r}: {str(err).splitlines()[-1].strip()}.") from None
     if positions(config) is not None and block_size > positions(config):
         raise ValueError(f"--block_size {block_size} exceeds the model's {positions(config)} positions: lower "
                          f"--block_size or raise them (e.g. --config_overrides n_positions={block_size}).")

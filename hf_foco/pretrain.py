@@ -12,6 +12,10 @@ latest complete checkpoint in ``output_dir`` (see :mod:`hf_foco.trainer.checkpoi
 
 from __future__ import annotations
 
+import dataclasses
+import glob
+import hashlib
+import json
 import math
 import os
 import sys
@@ -51,16 +55,11 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None):
 
 def check_output_dir(output_dir: str) -> None:
     """Fail now, not at the first save after hours of training, when ``output_dir`` cannot be written."""
-    path = Path(output_dir).absolute()
-    existing = next(p for p in (path, *path.parents) if p.exists())
-    if not existing.is_dir():
-        problem = f"{existing} is a file, not a directory"
-    elif not os.access(existing, os.W_OK | os.X_OK):
-        problem = f"{existing} is not writable"
-    else:
-        return
-    raise ValueError(f"--output_dir {output_dir} cannot hold the run's checkpoints: {problem}. Pass a --output_dir "
-                     "you can write to.")
+    from .artifacts.files import unwritable_dir
+
+    if problem := unwritable_dir(output_dir):
+        raise ValueError(f"--output_dir {output_dir} cannot hold the run's checkpoints: {problem}. Pass a "
+                         "--output_dir you can write to.")
 
 
 def build_trainer(model_args: ModelArguments, data_args: DataArguments, training_args, callbacks=None):
@@ -70,14 +69,18 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, training
     that could not save, or could not resume, fails before the data is even read.
     """
     from .trainer import FocoTrainer
-    from .trainer.checkpoints import LATEST, checkpoint_corruption
+    from .trainer.checkpoints import LATEST, checkpoint_corruption, missing_resume_files
 
     config = model_config(model_args, data_args.block_size)
     check_output_dir(training_args.output_dir)
     resume = training_args.resume_from_checkpoint
-    if resume is not None and str(resume).lower() not in LATEST and (problem := checkpoint_corruption(resume)):
-        raise ValueError(f"--resume_from_checkpoint {resume} cannot be resumed from: {problem}. Resume from another, "
-                         "intact checkpoint-N directory of the run instead.")
+    if resume is not None and str(resume).lower() not in LATEST:
+        need_optimizer = not training_args.reset_optimizer_state
+        if problem := checkpoint_corruption(resume) or missing_resume_files(resume, need_optimizer):
+            fix = ("" if not (need_optimizer and "optimizer" in problem) else
+                   ", or pass --reset_optimizer_state true to continue its weights with a fresh optimizer state")
+            raise ValueError(f"--resume_from_checkpoint {resume} cannot be resumed from: {problem}. Resume from "
+                             f"another, intact checkpoint-N directory of the run instead{fix}.")
     if data_args.streaming and training_args.max_steps <= 0:
         raise ValueError("A streamed dataset has no length: set --max_steps.")
     with training_args.main_process_first(desc="preparing data"):
@@ -102,6 +105,49 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, training
     return trainer, data
 
 
+def run_settings(model_args: ModelArguments, data_args: DataArguments) -> dict:
+    """The model and data a run trains, as its checkpoints record them: a resume that changes either
+    (another --config_overrides, other or edited --train_files) is refused instead of mixing two runs."""
+    data = {k: v for k, v in dataclasses.asdict(data_args).items() if k != "data_cache_dir"}
+    files = sorted({f for pattern in (data_args.train_files or []) for f in glob.glob(pattern) if os.path.isfile(f)})
+    sizes = json.dumps([(f, os.path.getsize(f)) for f in files])
+    data["train_files_fingerprint"] = hashlib.sha256(sizes.encode()).hexdigest()[:16]  # names and sizes
+    return {"model": dataclasses.asdict(model_args), "data": data}
+
+
+def check_resume(checkpoint: str, model_args, data_args, training_args) -> None:
+    """Refuse a resume whose settings differ from the checkpoint's, naming each difference and the fix."""
+    from .trainer.checkpoints import optimizer_change_message, resume_differences
+
+    current = {**run_settings(model_args, data_args), "optimizer": training_args.optimizer_record(),
+               "training": training_args.training_record()}
+    changed = resume_differences(checkpoint, current)
+    optimizer = changed.pop("optimizer", None)
+    if changed:
+        raise ValueError(f"{checkpoint} was saved with other settings than this run's "
+                         f"({'; '.join(f'{k}: {v}' for k, v in changed.items())}), which a resume would ignore or mix. "
+                         "Rerun with the checkpoint's settings, or pass a new --output_dir (or --overwrite_output_dir "
+                         "true) to start over with these.")
+    if optimizer and not training_args.reset_optimizer_state:
+        raise ValueError(optimizer_change_message(checkpoint, optimizer))
+
+
+def _finished(checkpoint: str, training_args) -> int | None:
+    """The step of ``checkpoint`` when it already ends the run (a finished run rerun, or one killed after
+    its last checkpoint), else None."""
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    target = training_args.max_steps if training_args.max_steps > 0 else state.get("max_steps") or 0
+    return state["global_step"] if 0 < target <= state["global_step"] else None
+
+
+def _nonfinite_result(trainer, metrics: dict) -> str | None:
+    """Why the finished run is not a result (non-finite weights or eval loss), or None."""
+    if not math.isfinite(metrics.get("eval_loss", 0.0)):
+        return f"the eval loss is {metrics['eval_loss']}"
+    bad = [name for name, p in trainer.model.named_parameters() if not torch.isfinite(p).all()]
+    return f"the final weights are not finite ({bad[0]}{' ...' if len(bad) > 1 else ''})" if bad else None
+
+
 def main(argv: list[str] | None = None, callbacks=None) -> int:
     """Parse, prepare, train, evaluate, save; ``callbacks`` are extra ``TrainerCallback`` objects.
 
@@ -110,22 +156,49 @@ def main(argv: list[str] | None = None, callbacks=None) -> int:
     from transformers.utils import logging
 
     from .trainer import write_run_artifacts
-    from .trainer.checkpoints import checkpoint_to_resume
+    from .trainer.checkpoints import checkpoint_to_resume, clear_checkpoints
 
     try:  # bad input fails here, before any training, as one line instead of a traceback
         model_args, data_args, training_args = parse_args(argv)
         logging.set_verbosity(training_args.get_process_log_level())
         # A rerun of a killed command continues from its latest complete checkpoint (never a partial one).
+        finished = None
         checkpoint = checkpoint_to_resume(training_args.output_dir, training_args.resume_from_checkpoint,
-                                          training_args.world_size)
+                                          training_args.world_size, training_args.overwrite_output_dir)
         trainer, data = build_trainer(model_args, data_args, training_args, callbacks)
+        if checkpoint is not None:
+            check_resume(checkpoint, model_args, data_args, training_args)
+            finished = _finished(checkpoint, training_args)
+            out = Path(training_args.output_dir)
+            if finished is not None and (out / "eval_results.json").is_file() and (out / "model.safetensors").is_file():
+                print(f"Nothing to do: the run in {out} already finished at step {finished} ({checkpoint}). Raise "
+                      "--max_steps to train further, or pass a new --output_dir to train again.")
+                return 0
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"run_pretrain: error: {err}") from err
-    train_result = trainer.train(resume_from_checkpoint=checkpoint)
-    trainer.save_model()
-    trainer.log_metrics("train", train_result.metrics)
-    trainer.save_metrics("train", train_result.metrics)
+    trainer.run_settings = run_settings(model_args, data_args)
+    if training_args.overwrite_output_dir and trainer.is_world_process_zero():
+        clear_checkpoints(training_args.output_dir)
+    if checkpoint is not None and finished is not None:
+        # Killed after its last checkpoint: finish from it without training another step.
+        from transformers import TrainerState
+
+        trainer._load_from_checkpoint(checkpoint)
+        trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+        trainer._load_callback_state()
+        print(f"{checkpoint} is the run's last step ({finished}): finishing it without training.")
+    else:
+        train_result = trainer.train(resume_from_checkpoint=checkpoint)
+        trainer.log_metrics("train", train_result.metrics)
+        trainer.save_metrics("train", train_result.metrics)
     metrics = trainer.evaluate()
+    if problem := _nonfinite_result(trainer, metrics):
+        monitor = trainer.stability
+        good = monitor.diverge(training_args, trainer.state) if monitor is not None else None
+        raise SystemExit(f"run_pretrain: error: the run diverged: {problem}. The last good checkpoint is "
+                         f"{good or 'none'}. Lower --learning_rate or add warmup (--warmup_steps), and train again "
+                         "in a new --output_dir.")
+    trainer.save_model()
     trainer.log_metrics("eval", metrics)
     trainer.save_metrics("eval", metrics)
     dataset_info = {"name": data.source, "tokenizer": f"byte-level BPE, {len(data.tokenizer)} tokens"

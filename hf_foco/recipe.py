@@ -68,21 +68,27 @@ def describe_recipe_usage(parser: HfArgumentParser, summary: str, example: str, 
         f"example:\n  {example}")
 
 
+def read_yaml(path: str | Path, what: str = "Recipe") -> Any:
+    """The YAML value ``path`` holds; a file that is not UTF-8 or not valid YAML fails naming it, where, and
+    the fix (``what`` names the kind of file in the message)."""
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{what} {str(path)!r} is not UTF-8 text ({err.reason} at byte {err.start}): save it as "
+                         "UTF-8.") from None
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        raise ValueError(f"{what} {str(path)!r} is not valid YAML{at}: {getattr(err, 'problem', err)}. Fix the "
+                         "syntax (one `key: value` per line).") from None
+
+
 def read_recipe(path: str | Path) -> dict[str, Any]:
     """The mapping a recipe file holds; a missing, unreadable or non-mapping file fails naming it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Recipe {str(path)!r} does not exist (see recipes/ for examples).")
-    try:
-        recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as err:
-        raise ValueError(f"Recipe {str(path)!r} is not UTF-8 text ({err.reason} at byte {err.start}): save it as "
-                         "UTF-8.") from None
-    except yaml.YAMLError as err:
-        where = getattr(err, "problem_mark", None)
-        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
-        raise ValueError(f"Recipe {str(path)!r} is not valid YAML{at}: {getattr(err, 'problem', err)}. Fix the "
-                         "syntax (one `key: value` per line).") from None
+    recipe = read_yaml(path)
     if recipe is None:
         return {}
     if not isinstance(recipe, dict):
@@ -103,7 +109,28 @@ def load_recipe(path: str | Path, parser: HfArgumentParser) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"Unknown key(s) in recipe {str(path)!r}: {unknown_names(unknown, known)}. Run with --help "
                          "for the valid keys.")
+    for action in parser._actions:
+        if action.dest in recipe and action.type in (int, float):
+            recipe[action.dest] = _number(path, action, recipe[action.dest])
     return recipe
+
+
+def _number(path, action, value):
+    """A recipe's value of a numeric option, checked as the command line would (YAML skips argparse's ``type``):
+    ``null`` only where the option's default is null, whole numbers for integer options."""
+    wanted = "a whole number" if action.type is int else "a number"
+    if value is None and action.default is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = action.type(value)
+        except ValueError:
+            pass
+    ok = isinstance(value, int) if action.type is int else isinstance(value, (int, float))
+    if not ok or isinstance(value, bool):
+        raise ValueError(f"Recipe {str(path)!r}: {action.dest}: {value!r} is not {wanted}; write e.g. "
+                         f"`{action.dest}: {action.default if action.default is not None else 1}`.")
+    return value
 
 
 def parse_recipe_args(parser: HfArgumentParser, argv: Sequence[str]) -> tuple:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -26,3 +27,15 @@ def read_json(path: str | Path, missing: Any = None) -> Any:
 
 def write_json(path: str | Path, obj: Any) -> None:
     Path(path).write_text(json.dumps(obj, indent=2, default=list))
+
+
+def unwritable_dir(path: str | Path) -> str | None:
+    """Why ``path`` cannot become a directory to write in (a file is in the way, or no write permission), else
+    None: checked before a job's work, not at its first write."""
+    path = Path(path).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        return f"{existing} is a file, not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None

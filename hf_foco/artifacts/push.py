@@ -4,7 +4,8 @@ Exactly the files a user of the model needs are uploaded (never checkpoints, opt
 TensorBoard logs): safetensors weights, config, tokenizer files, training arguments, the result files
 transformers' push uploads too (``eval_results.json``, ``train_results.json``, ``all_results.json``,
 ``trainer_state.json``), ``stability.json``, the loss curve and the model card. With ``HF_HUB_OFFLINE=1`` the push fails before it
-touches anything, and says how to push later.
+touches anything, and says how to push later. A malformed repository id, or a Hub that cannot be reached, fails
+before the card is rewritten: the run directory changes only when the upload can start.
 """
 
 from __future__ import annotations
@@ -57,26 +58,36 @@ def push_run(output_dir: str | os.PathLike, repo_id: str, *, token: str | None =
     ``write_artifacts`` first (re)writes the card and loss curve with :func:`hf_foco.artifacts.render_run`.
     """
     from huggingface_hub import CommitOperationAdd, HfApi
-    from huggingface_hub.errors import OfflineModeIsEnabled
+    from huggingface_hub.errors import HFValidationError, HTTPError, OfflineModeIsEnabled
+    from huggingface_hub.utils import validate_repo_id
 
     ensure_online(output_dir, repo_id)
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise PushError(f"--repo-id {repo_id!r} is not a Hub repository id ({err}). Pass one like "
+                        "'USER/NAME'.") from None
     out = Path(output_dir)
     if not out.is_dir():
         raise PushError(f"{out} is not a directory: pass the output_dir of a finished run.")
     if not any(out.glob("*.safetensors")) or not (out / "config.json").is_file():
         raise PushError(f"{out} holds no saved model (safetensors weights and config.json): run "
                         "trainer.save_model() at the end of training, or pass the right directory.")
-    if write_artifacts:
-        from . import render_run
-
-        render_run(out, dataset_info=dataset_info, repo_id=repo_id)
     api = HfApi(token=token)
     try:
-        if create:
+        if create:  # the first network call: before the card is rewritten
             api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        if write_artifacts:
+            from . import render_run
+
+            render_run(out, dataset_info=dataset_info, repo_id=repo_id)
         operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(out / name))
                       for name in files_to_upload(out)]
         return api.create_commit(repo_id=repo_id, operations=operations, commit_message=commit_message,
                                  revision=revision, repo_type="model", run_as_future=not blocking)
     except OfflineModeIsEnabled:
         raise _offline_error(output_dir, repo_id) from None
+    except HTTPError as err:
+        raise PushError(f"Cannot push {output_dir} to {repo_id}: {type(err).__name__}: {str(err).splitlines()[0]}. "
+                        "Check the network, the repository id and your token (`hf auth login`), then run "
+                        f"`hf-foco push {output_dir} --repo-id {repo_id}` again; the local run is kept.") from None

@@ -47,11 +47,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..artifacts.files import read_json
 from ..hints import did_you_mean
-from ..recipe import read_recipe
+from ..recipe import read_recipe, read_yaml
 from .analysis import AnalysisConfig
 
 STUDY_KEYS = ("name", "recipe", "recipes", "seeds", "optimizers", "overrides", "batch_size_multipliers",
@@ -164,7 +162,7 @@ class Study:
         """Parse and check a study file; every mistake is reported before any run starts. ``output_dir`` and
         ``learning_rates_from`` override the file's."""
         path = Path(path)
-        raw = yaml.safe_load(path.read_text()) if path.is_file() else None
+        raw = read_yaml(path, "Study") if path.is_file() else None
         if not isinstance(raw, dict):
             raise _fail(path, "not found or not a YAML mapping", "Pass the path of a study YAML file.")
         for key in raw:

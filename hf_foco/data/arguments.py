@@ -45,6 +45,12 @@ class DataArguments:
         "help": "Cache for trained tokenizers and packed blocks; unset: $HF_FOCO_CACHE or ~/.cache/hf_foco."})
 
     def __post_init__(self):
+        for name in ("max_eval_blocks", "tokenizer_vocab_size", "tokenizer_train_documents",
+                     "streaming_validation_documents"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                unset = " (or leave it unset)" if self.__dataclass_fields__[name].default is None else ""
+                raise ValueError(f"--{name} {value}: it must be >= 1{unset}.")
         if self.block_size < 2:
             raise ValueError(f"--block_size {self.block_size}: it must be at least 2 (inputs and shifted labels).")
         if not 0.0 < self.validation_fraction < 1.0 and not (self.validation_files or self.validation_split):

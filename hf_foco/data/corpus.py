@@ -12,12 +12,18 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import json
+import logging
 import os
 import sysconfig
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict, IterableDataset, concatenate_datasets, load_dataset
+from datasets.exceptions import DatasetGenerationError
+
+logger = logging.getLogger(__name__)
 
 BUILTIN_TEXT_COLUMN = "text"
 _TEXT_SUFFIXES = {".txt", ".text", ".py", ".md"}
@@ -64,14 +70,20 @@ def builtin_corpus(validation_fraction: float, cache_dir: str | None = None) -> 
 
 
 def expand_files(patterns: Sequence[str], what: str) -> list[str]:
-    """Paths matching ``patterns`` (globs allowed); a pattern matching nothing is an error naming it."""
+    """Paths matching ``patterns`` (globs allowed); a pattern matching nothing, or no file (only directories),
+    is an error naming it."""
     files = []
     for pattern in patterns:
         matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
         if not matches:
             raise FileNotFoundError(f"{what}: no file matches {pattern!r}. Check the path, or leave "
                                     "--train_files unset to use the built-in corpus.")
-        files.extend(m for m in matches if os.path.isfile(m))
+        found = [m for m in matches if os.path.isfile(m)]
+        if not found:
+            example = os.path.join(matches[0], "**", "*.txt")
+            raise FileNotFoundError(f"{what}: {pattern!r} matches only directories ({matches[0]!r}), no data file. "
+                                    f"Pass the files in them, e.g. {example!r}.")
+        files.extend(found)
     return files
 
 
@@ -90,17 +102,54 @@ def local_corpus(train_files: Sequence[str], validation_files: Sequence[str] | N
     """Local text (one document per line/paragraph/file, as ``sample_by`` says) or JSON-lines files.
 
     Without validation files, documents are held out by hashing their row index, which is stable as long as
-    the files are the same.
+    the files are the same. Bytes that are not UTF-8 are replaced (U+FFFD), with a warning that counts them:
+    a binary or Latin-1 file would otherwise train silently on replacement characters. A JSON-lines file that
+    does not parse is an error naming its first bad line.
     """
     data_files = {"train": expand_files(train_files, "--train_files")}
     if validation_files:
         data_files["validation"] = expand_files(validation_files, "--validation_files")
     builder = _builder_for([f for fs in data_files.values() for f in fs])
     kwargs = dict(sample_by=sample_by, encoding_errors="replace") if builder == "text" else {}
-    raw = load_dataset(builder, data_files=data_files, cache_dir=cache_dir, **kwargs)
+    try:
+        raw = load_dataset(builder, data_files=data_files, cache_dir=cache_dir, **kwargs)
+    except DatasetGenerationError as err:
+        for split, files in data_files.items():
+            if builder == "json" and (where := first_bad_json_line(files)):
+                raise ValueError(f"--{split}_files: {where}. Fix that line (one JSON object per line, e.g. "
+                                 f'{{"{text_column}": "some text"}}), or leave the file out.') from err
+        raise
+    if builder == "text":
+        for split, dataset in raw.items():
+            warn_replaced_bytes(dataset, split)
     if validation_files:
         return raw
     return split_dataset(raw["train"], validation_fraction, "the local files", text_column)
+
+
+def first_bad_json_line(files: Sequence[str]) -> str | None:
+    """Where the first line of ``files`` that is not a JSON value is ("file line N: reason"), or None."""
+    for file in files:
+        with open(file, encoding="utf-8", errors="replace") as f:
+            for number, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        json.loads(line)
+                    except ValueError as err:
+                        return f"{file} line {number} is not valid JSON ({err})"
+    return None
+
+
+def warn_replaced_bytes(dataset: Dataset, split: str) -> int:
+    """Warn when the text read holds U+FFFD, what invalid UTF-8 bytes decode to; the count."""
+    column = dataset.data.column("text")
+    replaced = pc.sum(pc.count_substring(column, "\ufffd")).as_py() or 0
+    if replaced:
+        total = pc.sum(pc.utf8_length(column)).as_py() or 1
+        logger.warning(f"The {split} files hold {replaced} characters that are not UTF-8 ({replaced / total:.1%} of the "
+                       "text), read as U+FFFD: re-encode them as UTF-8 (or leave binary files out of "
+                       "--train_files).")
+    return replaced
 
 
 def hub_corpus(name: str, config: str | None, split: str, validation_split: str | None,

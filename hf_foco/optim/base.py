@@ -35,12 +35,24 @@ class ElementwiseOptimizer(Optimizer):
 
     def load_state_dict(self, state_dict: dict) -> None:
         """torch casts loaded floating-point state to the parameter's dtype; restore the declared
-        dtypes so a resumed run continues with exactly the state it saved."""
+        dtypes so a resumed run continues with exactly the state it saved. The state of another optimizer
+        (other hyperparameter names or state tensors) is refused: torch would load it and step on it."""
+        self._check_same_kind(state_dict)
         super().load_state_dict(state_dict)
         for p, state in self.state.items():
             for name in self.state_names:
                 if name in state:
                     state[name] = state[name].to(self.state_dtype(name, p))
+
+    def _check_same_kind(self, state_dict: dict) -> None:
+        ours = {key for group in self.param_groups for key in group if key != "params"}
+        theirs = {key for group in state_dict.get("param_groups", ()) for key in group if key != "params"}
+        names = {key for state in state_dict.get("state", {}).values() for key in state if key != "step"}
+        if theirs - ours or names - set(self.state_names) or (names and not set(self.state_names) <= names):
+            raise ValueError(
+                f"This state dict was saved by another optimizer (hyperparameters {sorted(theirs)}, state "
+                f"{sorted(names)}), not by {type(self).__name__} (hyperparameters {sorted(ours)}, state "
+                f"{sorted(self.state_names)}). Resume with the optimizer that saved it, or start its state afresh.")
 
     def _apply(self, group: dict, params, grads, states: dict[str, list], steps: list) -> None:
         raise NotImplementedError

@@ -17,6 +17,8 @@ the values actually used, so logs and model cards report them.
 from __future__ import annotations
 
 import argparse
+import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,6 +120,13 @@ class FocoTrainingArguments(TrainingArguments):
         "help": "A logged loss this many standard deviations above the trailing mean is a spike."})
     max_bad_steps: int = field(default=5, metadata={"help": "Stop after this many consecutive steps with "
                                                             "non-finite gradients."})
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "Start over in an --output_dir that holds checkpoints of an earlier run, removing them first "
+                "(without it a rerun resumes from the latest complete one, and never overwrites one)."})
+    reset_optimizer_state: bool = field(default=False, metadata={
+        "help": "Resume the weights and the step count of a checkpoint but start the optimizer state afresh with "
+                "this run's optimizer and learning rate (needed when either changed, or the checkpoint has no "
+                "optimizer state)."})
     gradient_compression: str | None = field(
         default=None, metadata={"help": "DDP gradient compression hook (multi-process DDP only): none (fp32, with "
                                         "byte counting), bf16, sign (1-bit signs with error feedback) or powersgd. "
@@ -131,6 +140,7 @@ class FocoTrainingArguments(TrainingArguments):
         "help": "Rows of the fixed eval batch the Hessian eigenvalue is measured on."})
 
     def __post_init__(self):
+        self._check_counts()
         name = getattr(self.optim, "value", self.optim)
         if name not in OptimChoices():
             raise ValueError(f"Unknown optimizer --optim {name!r}.{did_you_mean(name, OptimChoices())} Run `hf-foco "
@@ -146,6 +156,8 @@ class FocoTrainingArguments(TrainingArguments):
             for key, value in _NATIVE_DEFAULTS.items():
                 if getattr(self, key) is None:
                     setattr(self, key, value)
+            if not math.isfinite(self.learning_rate):
+                raise ValueError(f"--learning_rate {self.learning_rate} is not a finite number: pass one like 3e-4.")
             super().__post_init__()
             return
         spec = get_optimizer(name)
@@ -183,6 +195,54 @@ class FocoTrainingArguments(TrainingArguments):
                              f"{self.hessian_batch_size}.")
         if self.max_bad_steps < 1:
             raise ValueError(f"--max_bad_steps={self.max_bad_steps}: it must be >= 1.")
+
+    def _check_counts(self) -> None:
+        """Counts the base class accepts but trains wrongly with (or crashes on only at the first step)."""
+        if not isinstance(self.gradient_accumulation_steps, int) or self.gradient_accumulation_steps < 1:
+            raise ValueError(f"--gradient_accumulation_steps {self.gradient_accumulation_steps}: it must be an "
+                             "integer >= 1 (1: no accumulation).")
+        if self.max_steps < -1:
+            raise ValueError(f"--max_steps {self.max_steps}: it must be > 0 (or -1 to train --num_train_epochs).")
+        if isinstance(self.optim_kwargs, str):
+            try:
+                if not isinstance(json.loads(self.optim_kwargs), dict):
+                    raise ValueError
+            except ValueError:
+                raise ValueError(f"--optim_kwargs {self.optim_kwargs!r} must be a JSON object: write it like "
+                                 "'{\"gamma\": 0.2}' (double quotes around keys), or use --optim_args gamma=0.2.") from None
+        if self.max_steps == 0:
+            raise ValueError("--max_steps 0 trains nothing: pass a positive number of steps, or -1 to train "
+                             "--num_train_epochs.")
+        if self.max_steps < 0 and self.num_train_epochs <= 0:
+            raise ValueError(f"--num_train_epochs {self.num_train_epochs} trains nothing: pass a positive number of "
+                             "epochs, or --max_steps N.")
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} {getattr(self, name)}: it must be >= 1.")
+        for name, strategy in (("save_steps", self.save_strategy), ("eval_steps", self.eval_strategy)):
+            value = getattr(self, name)
+            if str(getattr(strategy, "value", strategy)) == "steps" and value is not None and value <= 0:
+                raise ValueError(f"--{name} {value} with --{name.split('_')[0]}_strategy steps: it must be > 0 (a "
+                                 "number of steps, or a fraction of the run below 1).")
+        if self.max_grad_norm is not None and not (math.isfinite(self.max_grad_norm) and self.max_grad_norm >= 0):
+            raise ValueError(f"--max_grad_norm {self.max_grad_norm}: it must be a finite number >= 0 (0: no "
+                             "clipping).")
+
+    def training_record(self) -> dict:
+        """The batch and schedule settings a checkpoint records, to compare on resume (a changed batch or
+        schedule would silently make another run; --max_steps may change, to train further)."""
+        return {"per_device_train_batch_size": self.per_device_train_batch_size,
+                "gradient_accumulation_steps": self.gradient_accumulation_steps,
+                "lr_scheduler_type": str(getattr(self.lr_scheduler_type, "value", self.lr_scheduler_type)),
+                "warmup_steps": self.warmup_steps, "max_grad_norm": self.max_grad_norm, "seed": self.seed}
+
+    def optimizer_record(self) -> dict:
+        """The optimizer as a checkpoint records it (name and hyperparameters), to compare on resume."""
+        if is_registry_optim(self.optim):
+            return {"name": self.optim, **self.optimizer_kwargs()}
+        return {"name": str(getattr(self.optim, "value", self.optim)), "lr": self.learning_rate,
+                "weight_decay": self.weight_decay, "betas": [self.adam_beta1, self.adam_beta2],
+                "optim_args": self.optim_args}
 
     def _check_set_up_for(self, spec) -> None:
         """Refuse a parallelism or batch size the optimizer cannot train with, before anything is built."""

@@ -17,10 +17,14 @@ go wrong the signs are a gradient's spikes, a collapsing or exploding update-to-
   non-finite loss gives non-finite gradients, so it is caught too. The step's gradients are dropped, so
   the optimizer skips every parameter and its state does not advance (an optimizer that was handed more,
   like FOP's half-batch difference, must skip parameters without ``p.grad`` alike). The step is counted.
-  After
-  ``max_bad_steps`` such steps in a row, :class:`TrainingDivergedError` stops training before anything
-  is saved, so the last checkpoint is the last good one. (The LR schedule still advances on a skipped
-  step, as it does on fp16 overflow steps.)
+  No
+  checkpoint is saved at a skipped step. After ``max_bad_steps`` such steps in a row,
+  :class:`TrainingDivergedError` stops training (a run that ends with non-finite weights or eval loss
+  fails too: the pretraining job exits 1); the checkpoint saved right before the streak is then marked
+  (``nonfinite_next_step.json``: its weights led into it, so no resume uses it), ``nonfinite.json`` in
+  the output directory names the first bad step and the last good checkpoint, and so does the error. A logging window whose
+  steps were all skipped logs its loss as NaN (the Trainer's NaN filter would log 0). (The LR schedule
+  still advances on a skipped step, as it does on fp16 overflow steps.)
 
 The summary, with the losses' verdict under the divergence rule of :mod:`.spikes` (``loss_divergence``),
 goes to ``stability.json`` in the output directory and, as a ``stability`` entry, to the
@@ -38,7 +42,10 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from ..artifacts.files import STABILITY_FILE
+from .checkpoints import POISONED, last_checkpoint_before
 from .spikes import DEFAULT_WINDOW, DEFAULT_ZSCORE, SpikeDetector, check_spike_settings, loss_divergence
+
+NONFINITE_FILE = "nonfinite.json"  # the first non-finite step and the last good checkpoint before it
 
 
 class TrainingDivergedError(RuntimeError):
@@ -83,6 +90,7 @@ class StabilityCallback(TrainerCallback, ExportableState):
         self._pending_ratio: float | None = None
         self._pending_fields: dict[str, float] = {}
         self.diverged = False
+        self._last_log_step = 0
 
     @classmethod
     def from_args(cls, args) -> StabilityCallback:
@@ -103,13 +111,14 @@ class StabilityCallback(TrainerCallback, ExportableState):
             self.skipped_steps.append(step)
             self.consecutive_bad += 1
             if self.consecutive_bad >= self.max_bad_steps:
-                self.diverged = True
-                self.write_summary(args, state)
+                good = self.diverge(args, state)
+                where = (f"The last good checkpoint is {good} (none is saved after a non-finite step, nor "
+                         "resumed from the one right before it)" if good else "No checkpoint before them is good")
                 raise TrainingDivergedError(
                     f"Stopped at step {step}: {self.consecutive_bad} consecutive steps had non-finite gradients "
-                    f"(skipped steps: {self.skipped_steps[-self.consecutive_bad:]}). The last saved checkpoint "
-                    f"in {args.output_dir} is intact. Lower --learning_rate, add warmup (--warmup_steps), check "
-                    "the data for empty or corrupt samples, or raise --max_bad_steps."
+                    f"(skipped steps: {self.skipped_steps[-self.consecutive_bad:]}). {where}. Lower "
+                    "--learning_rate, add warmup (--warmup_steps), check the data for empty or corrupt samples, or "
+                    "raise --max_bad_steps."
                 )
             return
         self.consecutive_bad = 0
@@ -148,12 +157,33 @@ class StabilityCallback(TrainerCallback, ExportableState):
             fields[f"update_ratio/{name}"] = (delta / weight.clamp_min(1e-12)).item()
         return fields
 
+    def diverge(self, args, state) -> str | None:
+        """The run diverged: mark the checkpoint saved right before the current streak of non-finite steps
+        (its weights led into it), write ``nonfinite.json`` and the summary; the last good checkpoint or None."""
+        first_bad = self.skipped_steps[-self.consecutive_bad] if self.consecutive_bad else state.global_step + 1
+        suspect = os.path.join(args.output_dir, f"checkpoint-{first_bad - 1}")
+        self.diverged = True
+        if state.is_world_process_zero:
+            if os.path.isdir(suspect):
+                with open(os.path.join(suspect, POISONED), "w") as f:
+                    json.dump({"nonfinite_step": first_bad}, f)
+            os.makedirs(args.output_dir, exist_ok=True)
+            with open(os.path.join(args.output_dir, NONFINITE_FILE), "w") as f:
+                json.dump({"first_bad_step": first_bad, "skipped_steps": self.skipped_steps,
+                           "last_good_checkpoint": last_checkpoint_before(args.output_dir, first_bad)}, f, indent=2)
+        self.write_summary(args, state)
+        return last_checkpoint_before(args.output_dir, first_bad)
+
     # -- logging ----------------------------------------------------------------------------------
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or "loss" not in logs:
             return
         fields: dict[str, float] = {"skipped_steps": len(self.skipped_steps)}
+        since, self._last_log_step = self._last_log_step, state.global_step
+        if self.skipped_steps and set(range(since + 1, state.global_step + 1)) <= set(self.skipped_steps):
+            # Every step since the last log was skipped: the Trainer's NaN filter would report a loss of 0.
+            logs["loss"] = fields["loss"] = float("nan")
         if self._pending_ratio is not None:
             fields["update_ratio"] = self.last_update_ratio = self._pending_ratio
             self._pending_ratio = None
@@ -163,7 +193,7 @@ class StabilityCallback(TrainerCallback, ExportableState):
         if grad_norm is not None and math.isfinite(grad_norm):
             self.max_grad_norm_seen = max(self.max_grad_norm_seen or 0.0, grad_norm)
         loss = logs["loss"]
-        z, spike = self.detector.observe(loss)
+        z, spike = self.detector.observe(loss) if math.isfinite(loss) else (None, False)
         if z is not None:
             fields["loss_zscore"] = z
         if spike:
@@ -171,6 +201,9 @@ class StabilityCallback(TrainerCallback, ExportableState):
         logs.update(fields)
         if state.log_history and state.log_history[-1].get("step") == state.global_step:
             state.log_history[-1].update(fields)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._last_log_step = state.global_step  # a resumed run: its first log covers the steps since here
 
     def on_train_end(self, args, state, control, **kwargs):
         summary = self.write_summary(args, state)

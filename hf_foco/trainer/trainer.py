@@ -30,6 +30,7 @@ checkpoints and resume) is transformers' own. What differs:
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -37,11 +38,19 @@ import torch
 from accelerate.optimizer import AcceleratedOptimizer
 from transformers import Trainer, TrainerCallback
 from transformers.loss.loss_utils import ForCausalLMLoss
+from transformers.trainer import SCHEDULER_NAME
 from transformers.utils import logging
 
 from ..distributed import register_compression
 from ..optim import create_optimizer, spec_of
 from .arguments import is_registry_optim
+from .checkpoints import (
+    POISONED,
+    RESUME_RECORD,
+    missing_resume_files,
+    optimizer_change_message,
+    resume_differences,
+)
 from .evaluation import LMMetrics, preprocess_logits_for_lm_metrics
 from .record import INFER, write_run_artifacts
 from .sharpness import HessianEigenvalueCallback
@@ -148,6 +157,71 @@ class FocoTrainer(Trainer):
         if self.compression is not None:
             logs = {**logs, "comm_bytes": self.compression.bytes_sent, "comm_ratio": self.compression.ratio}
         super().log(logs, *args, **kwargs)
+
+    # -- checkpoints -----------------------------------------------------------------------------------------
+
+    def resume_record(self) -> dict:
+        """What each checkpoint records to compare on resume (:func:`resume_differences`): the optimizer, the
+        batch and schedule, and the ``run_settings`` (model, data) a job sets on the trainer."""
+        record = dict(getattr(self, "run_settings", {}))
+        if hasattr(self.args, "optimizer_record"):
+            record["optimizer"] = self.args.optimizer_record()
+            record["training"] = self.args.training_record()
+        return record
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """Never save a checkpoint whose step was skipped as non-finite or whose weights are not finite: the
+        last checkpoint stays the last good state (:mod:`.stability`)."""
+        monitor = self.stability
+        bad = monitor is not None and monitor.consecutive_bad > 0
+        params = [p.detach() for p in self.model.parameters()]
+        if bad or (params and not torch.isfinite(torch.stack([n.float() for n in torch._foreach_norm(params)])).all()):
+            logger.warning(f"Not saving a checkpoint at step {self.state.global_step}: "
+                           f"{'the step was skipped as non-finite' if bad else 'the weights are not finite'}.")
+            return
+        stale = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}" / POISONED
+        if self.is_world_process_zero() and stale.is_file():
+            stale.unlink()  # a resumed run rewrites this step with weights that did not diverge
+        super()._save_checkpoint(model, trial)
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        super()._save_optimizer_and_scheduler(output_dir)
+        if self.is_world_process_zero():
+            (Path(output_dir) / RESUME_RECORD).write_text(json.dumps(self.resume_record(), indent=2, default=str))
+
+    def _load_callback_state(self) -> None:
+        """transformers restores callback state only with ``--restore_callback_states_from_checkpoint``; the
+        stability monitor's record (skipped steps, largest gradient norm, spikes and their loss window)
+        always survives a resume, so a resumed run's summary covers the whole run."""
+        if self.args.restore_callback_states_from_checkpoint:
+            return super()._load_callback_state()
+        monitor = self.stability
+        saved = self.state.stateful_callbacks.get(type(monitor).__name__) if monitor is not None else None
+        if saved:
+            for name, value in (saved[0] if isinstance(saved, list) else saved).get("attributes", {}).items():
+                setattr(monitor, name, value)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        """transformers' load, refusing what it would do silently: a checkpoint without optimizer or scheduler
+        state, or with another optimizer's. ``--reset_optimizer_state`` keeps the fresh optimizer and moves
+        the loaded schedule onto its learning rate."""
+        if checkpoint is None:
+            return
+        reset = getattr(self.args, "reset_optimizer_state", False)
+        if problem := missing_resume_files(checkpoint, need_optimizer=not reset):
+            raise ValueError(f"Checkpoint {checkpoint} has {problem}: resuming would restart the optimizer or the "
+                             "learning-rate warmup silently. Resume from a complete checkpoint, or pass "
+                             "--reset_optimizer_state true to start the optimizer state afresh on purpose.")
+        changed = resume_differences(checkpoint, {"optimizer": self.resume_record().get("optimizer")})
+        if changed and not reset:
+            raise ValueError(optimizer_change_message(checkpoint, changed["optimizer"]))
+        if not reset:
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        logger.warning(f"--reset_optimizer_state: resuming {checkpoint}'s weights and step with a fresh optimizer "
+                       "state; the learning-rate schedule continues from its step at this run's learning rate.")
+        self.lr_scheduler.load_state_dict(torch.load(Path(checkpoint) / SCHEDULER_NAME, weights_only=True))
+        if hasattr(self.lr_scheduler, "base_lrs"):
+            self.lr_scheduler.base_lrs = [group["initial_lr"] for group in self.optimizer.param_groups]
 
     # -- the training step ----------------------------------------------------------------------------------
 
