@@ -28,6 +28,7 @@ from transformers import HfArgumentParser
 
 import hf_foco
 from hf_foco.cli import main as cli_main
+from hf_foco.optim.registry import get_optimizer
 from hf_foco.run import is_installed
 from hf_foco.trainer import FocoTrainer, FocoTrainingArguments
 
@@ -82,7 +83,7 @@ def test_install_puts_hf_foco_classes_where_scripts_look_and_uninstall_restores_
         assert transformers.Trainer is FocoTrainer
         (args,) = HfArgumentParser(TrainingArguments).parse_args_into_dataclasses(
             ["--output_dir", "unused", "--optim", "fop", "--report_to", "none"])
-        assert args.optim == "fop" and args.learning_rate == 3e-3  # the registry's default
+        assert args.optim == "fop" and args.learning_rate == get_optimizer("fop").defaults["lr"]
     assert [getattr(module, name) for module, name in PLACES] == originals and not is_installed()
 
 
