@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from transformers import HfArgumentParser
 
+from .allocator import tune_allocator
 from .data import DataArguments, collate_blocks, prepare_lm_data
 from .models import ModelArguments, build_model, model_config, positions
 from .recipe import describe_recipe_usage, parse_recipe_args
@@ -158,6 +159,7 @@ def main(argv: list[str] | None = None, callbacks=None) -> int:
     from .trainer import write_run_artifacts
     from .trainer.checkpoints import checkpoint_to_resume, clear_checkpoints
 
+    tune_allocator()  # before the first large tensor: the training step then reuses mapped memory
     try:  # bad input fails here, before any training, as one line instead of a traceback
         model_args, data_args, training_args = parse_args(argv)
         logging.set_verbosity(training_args.get_process_log_level())

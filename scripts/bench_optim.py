@@ -1,12 +1,19 @@
-"""Optimizer step time and state memory on parameters shaped like a GPT-2 preset (default: gpt2-small, 124M).
+"""Optimizer step time against torch's fused AdamW, and against the machine's memory bandwidth.
 
-Every optimizer steps the same parameters and gradients, interleaved round by round so that machine noise
-hits them alike; the table reports the fastest step of the rounds (other jobs on a shared machine only ever
-add time), its ratio to torch's foreach AdamW, and the optimizer state in bytes per parameter (counted
-from the state tensors).
+All optimizers step the same parameters and gradients (shaped like a GPT-2 preset; default gpt2-small, 124M),
+interleaved round by round so that machine noise hits them alike; the table reports the fastest step of the
+rounds (other jobs on a shared machine only ever add time) and its ratio to torch's fused AdamW (what
+transformers' default ``--optim adamw_torch_fused`` runs) and to its foreach AdamW. An elementwise step is
+bound by memory traffic: "bytes/param" is what one pass that reads and writes each tensor once must move
+(fused AdamW: read theta, g, m, v and write theta, m, v in fp32 = 28), "GB/s" that traffic divided by the step
+time (for a foreach step, which makes several passes, an effective figure), beside the bandwidth of an in-place
+``x += y`` on the same machine and threads, the practical limit of a step that reads some tensors and
+updates others in place.
 
-    python scripts/bench_optim.py                       # CPU, gpt2-small shapes
-    python scripts/bench_optim.py --device cuda         # adds the fused paths that need CUDA
+    python scripts/bench_optim.py                 # CPU, gpt2-small shapes
+    python scripts/bench_optim.py --device cuda   # a GPU: foco's torch.compile-fused step, share of HBM bandwidth
+
+The process's allocator is tuned as the training job's is (:mod:`hf_foco.allocator`).
 """
 
 from __future__ import annotations
@@ -16,22 +23,48 @@ import time
 
 import torch
 
+from hf_foco.allocator import tune_allocator
 from hf_foco.models import build_model
 from hf_foco.optim import FOCUS, FOCUS16bit, Lion, Signum
 
+# Bytes one fused pass moves per fp32 parameter: read g, read and write theta and the states.
+TRAFFIC = {"adamw": 4 + 2 * (4 + 4 + 4), "foco": 4 + 2 * (4 + 2 + 2), "focus": 4 + 2 * (4 + 4 + 4),
+           "signum": 4 + 2 * (4 + 4), "lion": 4 + 2 * (4 + 4)}
+BASELINE, FOREACH_BASELINE = "adamw (fused)", "adamw (foreach)"
+
 
 def candidates(device: str) -> dict:
-    """name -> constructor over a parameter list (hyperparameters at each optimizer's GPT-2 defaults)."""
+    """name -> constructor over a parameter list (each optimizer's GPT-2 hyperparameters). On CUDA the fused
+    CPU kernels do not apply; foco's fused step there is its torch.compile kernel."""
     table = {
-        "adamw (foreach)": lambda ps: torch.optim.AdamW(ps, lr=6e-4, weight_decay=0.1, foreach=True),
-        "adamw (fused)": lambda ps: torch.optim.AdamW(ps, lr=6e-4, weight_decay=0.1, fused=True),
+        BASELINE: lambda ps: torch.optim.AdamW(ps, lr=6e-4, weight_decay=0.1, fused=True),
+        FOREACH_BASELINE: lambda ps: torch.optim.AdamW(ps, lr=6e-4, weight_decay=0.1, foreach=True),
+        "foco (fused)": lambda ps: FOCUS16bit(ps, lr=6e-4, gamma=0.2, weight_decay=0.2, fused=True),
         "foco (foreach)": lambda ps: FOCUS16bit(ps, lr=6e-4, gamma=0.2, weight_decay=0.2, foreach=True),
-        "foco (fused, torch.compile)": lambda ps: FOCUS16bit(ps, lr=6e-4, gamma=0.2, weight_decay=0.2, fused=True),
+        "focus (fused)": lambda ps: FOCUS(ps, lr=6e-4, gamma=0.2, weight_decay=0.2, fused=True),
         "focus (foreach)": lambda ps: FOCUS(ps, lr=6e-4, gamma=0.2, weight_decay=0.2, foreach=True),
+        "signum (fused)": lambda ps: Signum(ps, lr=1e-4, weight_decay=0.1, fused=True),
         "signum (foreach)": lambda ps: Signum(ps, lr=1e-4, weight_decay=0.1, foreach=True),
+        "lion (fused)": lambda ps: Lion(ps, lr=1e-4, weight_decay=0.5, fused=True),
         "lion (foreach)": lambda ps: Lion(ps, lr=1e-4, weight_decay=0.5, foreach=True),
     }
+    if device != "cpu":
+        table = {name: make for name, make in table.items()
+                 if "foreach" in name or name in (BASELINE, "foco (fused)")}
     return table
+
+
+def machine(device: str) -> str:
+    """The processor's name and the thread count (CPU) or the GPU's name."""
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    try:
+        with open("/proc/cpuinfo") as info:
+            model = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        import platform
+        model = platform.processor() or platform.machine()
+    return f"{model}, {torch.get_num_threads()} threads"
 
 
 def state_bytes_per_param(opt: torch.optim.Optimizer, numel: int) -> float:
@@ -40,55 +73,73 @@ def state_bytes_per_param(opt: torch.optim.Optimizer, numel: int) -> float:
     return sum(t.numel() * t.element_size() for t in tensors) / numel
 
 
+def timed(fn, sync, rounds: int) -> list[float]:
+    times = []
+    for _ in range(rounds):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def stream_bandwidth(numel: int, device: str, sync, rounds: int) -> float:
+    """Bytes per second of ``x.add_(y)`` over ``numel`` fp32 elements (read x and y, write x: 12 bytes each),
+    the access pattern of an optimizer step (a plain copy also reads the destination's cache lines before
+    writing them, which an in-place update does not)."""
+    x, y = torch.zeros(numel, device=device), torch.zeros(numel, device=device)
+    return 12 * numel / min(timed(lambda: x.add_(y), sync, rounds))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="gpt2-small")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     parser.add_argument("--rounds", type=int, default=7, help="timed steps per optimizer (the fastest is reported)")
-    parser.add_argument("--only", nargs="*", help="substrings of optimizer names to run")
+    parser.add_argument("--only", nargs="*", help="substrings of optimizer names to run (fused AdamW always runs)")
     args = parser.parse_args()
+    tune_allocator()
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
 
-    model = build_model(args.preset, seed=0).to(args.device)
+    model = build_model(args.preset, seed=0)
     shapes = [p.shape for p in model.parameters()]
     del model
     numel = sum(s.numel() for s in shapes)
     gen = torch.Generator(device=args.device).manual_seed(0)
-    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    # One set of parameters and gradients shared by all optimizers (the values do not change the step time).
+    params = [torch.nn.Parameter(0.02 * torch.randn(s, generator=gen, device=args.device)) for s in shapes]
+    for p in params:
+        p.grad = 1e-3 * torch.randn(p.shape, generator=gen, device=args.device)
 
     optimizers = {}
     for name, make in candidates(args.device).items():
-        if args.only and not any(s in name for s in args.only):
+        if args.only and name != BASELINE and not any(s in name for s in args.only):
             continue
-        params = [torch.nn.Parameter(0.02 * torch.randn(s, generator=gen, device=args.device)) for s in shapes]
-        for p in params:
-            p.grad = 1e-3 * torch.randn(p.shape, generator=gen, device=args.device)
-        try:
-            opt = make(params)
-            opt.step()  # creates state; compiles the fused kernel
-            sync()
-        except (RuntimeError, ValueError) as err:  # e.g. a fused kernel this device lacks
-            print(f"skipping {name}: {err}")
-            continue
+        opt = make(params)
+        opt.step()  # creates the state; builds or compiles a fused kernel
+        sync()
         optimizers[name] = opt
+    bandwidth = stream_bandwidth(numel, args.device, sync, args.rounds)
 
     times = {name: [] for name in optimizers}
     for _ in range(args.rounds):
         for name, opt in optimizers.items():
-            sync()
-            start = time.perf_counter()
-            opt.step()
-            sync()
-            times[name].append(time.perf_counter() - start)
+            times[name] += timed(opt.step, sync, 1)
+    best = {name: min(t) for name, t in times.items()}
 
-    base = min(times.get("adamw (foreach)", [float("nan")]))
-    print(f"\n{args.preset} shapes: {numel / 1e6:.1f}M parameters in {len(shapes)} tensors, device {args.device}, "
-          f"{torch.get_num_threads()} threads, fastest of {args.rounds} interleaved steps\n")
-    print("| optimizer | step (ms) | vs AdamW foreach | state bytes/param |")
-    print("|---|---:|---:|---:|")
+    print(f"\n{args.preset} shapes: {numel / 1e6:.1f}M parameters in {len(shapes)} tensors; {args.device}: "
+          f"{machine(args.device)}; fastest of {args.rounds} interleaved steps; torch {torch.__version__}")
+    print(f"memory bandwidth of x += y (read x, y, write x): {bandwidth / 1e9:.1f} GB/s\n")
+    print("| optimizer | step (ms) | vs AdamW fused | vs AdamW foreach | state bytes/param | bytes/param moved "
+          "| GB/s | of x += y bandwidth |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, opt in optimizers.items():
-        best = min(times[name])
-        print(f"| {name} | {1e3 * best:.1f} | {best / base:.2f}x | "
-              f"{state_bytes_per_param(opt, numel):.1f} |")
+        traffic = TRAFFIC[name.split()[0]]
+        rate = traffic * numel / best[name]
+        vs_foreach = f"{best[name] / best[FOREACH_BASELINE]:.2f}x" if FOREACH_BASELINE in best else "-"
+        print(f"| {name} | {1e3 * best[name]:.1f} | {best[name] / best[BASELINE]:.2f}x | {vs_foreach} | "
+              f"{state_bytes_per_param(opt, numel):.1f} | {traffic} | {rate / 1e9:.1f} | {rate / bandwidth:.0%} |")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,9 @@ from contextlib import contextmanager
 import torch
 from torch.optim import Optimizer
 
+# Parameter dtypes the steps keep exactly (they compute in fp32 and write back once).
+PARAM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
 
 class ElementwiseOptimizer(Optimizer):
     """Base for optimizers whose update is elementwise (FOCUS, foco, Signum, Lion).
@@ -24,6 +27,16 @@ class ElementwiseOptimizer(Optimizer):
     """
 
     state_names: tuple[str, ...] = ()
+
+    def add_param_group(self, param_group: dict) -> None:
+        """Refuse parameters of a dtype the steps do not keep exactly (float64 would be rounded to fp32 by
+        every step, the fp32 state could not hold it either)."""
+        super().add_param_group(param_group)
+        for p in self.param_groups[-1]["params"]:
+            if p.dtype not in PARAM_DTYPES:
+                raise ValueError(f"{type(self).__name__}: {p.dtype} parameters are not supported (the step computes "
+                                 "in float32 and would round them every step); use float32, bfloat16 or float16 "
+                                 "parameters, e.g. model.float().")
 
     def state_dtype(self, name: str, p: torch.Tensor) -> torch.dtype:
         """dtype of state tensor ``name`` for parameter ``p``: fp32 unless a subclass says otherwise."""

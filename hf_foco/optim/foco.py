@@ -20,11 +20,13 @@ state per parameter instead of 8:
   every b2 <= 0.999, so round-to-nearest never freezes the EMA (bf16's 2**-8 would for b2 = 0.999). e is
   rounded once per step, from fp32.
 
-Three implementations of the same rule, chosen by :func:`foco` (the functional form): a multi-tensor (``torch._foreach_*``) step grouped by device and
-dtype, working in place in fp32 scratch buffers of bounded size (so it allocates no per-parameter
-temporaries), the single-tensor reference, and a fused step (``torch.compile`` of one elementwise kernel, compiled once with dynamic shapes)
-that reads theta, g, m, e once and writes theta, m, e once: 20 bytes per fp32 parameter. The fused step is
-the default on CUDA and can be requested anywhere torch.compile works (``fused=True``).
+Implementations of the same rule, chosen by :func:`foco` (the functional form): the single-tensor reference;
+a multi-tensor (``torch._foreach_*``) step grouped by device and dtype, working in place in fp32 scratch
+buffers of bounded size (so it allocates no per-parameter temporaries); and fused steps that read theta, g,
+m, e once and write theta, m, e once (20 bytes per fp32 parameter): on CPU the compiled multi-tensor kernel of
+:mod:`~hf_foco.optim.cpu_kernels` (equal to the multi-tensor step bit for bit), on CUDA ``torch.compile`` of
+one elementwise expression (compiled once with dynamic shapes; fp32 throughout, so it skips two 16-bit
+roundings of the reference). A fused step is the default wherever one is available.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import warnings
 
 import torch
 
+from . import cpu_kernels
 from .base import (
     ElementwiseOptimizer,
     as_fp32,
@@ -42,7 +45,7 @@ from .base import (
     scratch_chunks,
     step_key,
 )
-from .validation import check_betas, check_lr, check_unit_interval, check_weight_decay
+from .validation import check_betas, check_fused_or_foreach, check_lr, check_unit_interval, check_weight_decay
 
 # Inductor notes that the fused kernel mixes the bf16 momentum and the fp16 pull; that is by design.
 warnings.filterwarnings("ignore", message="bf16 and fp16 are mixed in the scheduler node")
@@ -56,8 +59,8 @@ class FOCUS16bit(ElementwiseOptimizer):
 
     Args:
         params, lr, betas, gamma, weight_decay: as :class:`~hf_foco.optim.FOCUS` (official decay order).
-        foreach: multi-tensor implementation (default on for plain tensors).
-        fused: ``torch.compile``-fused step (default: on when every parameter is a CUDA tensor).
+        foreach: multi-tensor implementation (default on for plain tensors when no fused step applies).
+        fused: fused step (default on when available: CPU kernels, or ``torch.compile`` on CUDA).
 
     The rule as a function of tensor lists: :func:`foco`.
     """
@@ -70,8 +73,7 @@ class FOCUS16bit(ElementwiseOptimizer):
         check_betas(betas)
         check_unit_interval("gamma", gamma)
         check_weight_decay(weight_decay)
-        if fused and foreach:
-            raise ValueError("foco: choose fused=True or foreach=True, not both.")
+        check_fused_or_foreach("foco", fused, foreach)
         defaults = dict(lr=lr, betas=tuple(betas), gamma=gamma, weight_decay=weight_decay,
                         foreach=foreach, fused=fused)
         super().__init__(params, defaults)
@@ -89,16 +91,29 @@ def foco(params, grads, exp_avgs, pulls, steps, *, foreach: bool | None = None, 
          beta1: float, beta2: float, gamma: float, weight_decay: float) -> None:
     """The foco step on lists of tensors (``exp_avgs`` in bf16, ``pulls`` in fp16, ``steps`` 0-d counters).
 
-    Like ``torch.optim.adamw.adamw`` it picks the implementation: ``fused`` (default on when every tensor is
-    a contiguous CUDA tensor), else ``foreach`` (default on for plain contiguous tensors), else one tensor at
-    a time (``fused`` wins when both are set). All three compute the same rule (module docstring).
+    Like ``torch.optim.adamw.adamw`` it picks the implementation: ``fused`` (default on for plain contiguous
+    CUDA tensors, and for CPU tensors when the CPU kernels are available), else ``foreach`` (default on for
+    plain contiguous tensors), else one tensor at a time (``fused`` wins when both are set). A fused CPU step
+    hands the rows its kernel does not take (non-contiguous, DTensor shards) to the other paths. All compute
+    the same rule (module docstring).
     """
+    hyper = dict(lr=lr, beta1=beta1, beta2=beta2, gamma=gamma, weight_decay=weight_decay)
     if fused is None:
-        fused = not foreach and all(p.is_cuda for p in params) and default_foreach(params)
+        fused = not foreach and (cpu_kernels.default_fused(params) or all(p.is_cuda for p in params)
+                                 and default_foreach(params))
+    if fused and all(p.is_cuda for p in params):
+        return _compiled_foco(params, grads, exp_avgs, pulls, steps, **hyper)
+    if fused:
+        rows, others = cpu_kernels.split_rows([params, grads, exp_avgs, pulls, steps], (MOMENTUM_DTYPE, PULL_DTYPE))
+        for (p, g, m, e), step in cpu_kernels.by_step(rows):
+            cpu_kernels.kernels().foco_step(p, g, m, e, _ema_keep(beta2, step), lr, beta1, gamma, weight_decay)
+        params, grads, exp_avgs, pulls, steps = others
+        if not params:
+            return
     if foreach is None:
         foreach = default_foreach(params)
-    fn = _fused_foco if fused else _multi_tensor_foco if foreach else _single_tensor_foco
-    fn(params, grads, exp_avgs, pulls, steps, lr=lr, beta1=beta1, beta2=beta2, gamma=gamma, weight_decay=weight_decay)
+    fn = _multi_tensor_foco if foreach else _single_tensor_foco
+    fn(params, grads, exp_avgs, pulls, steps, **hyper)
 
 
 def _ema_keep(beta2: float, step: float) -> float:
@@ -165,7 +180,7 @@ def _foco_kernel(p, g, m, e, hyper):
 _compiled_kernel = None
 
 
-def _fused_foco(params, grads, exp_avgs, pulls, steps, *, lr, beta1, beta2, gamma, weight_decay):
+def _compiled_foco(params, grads, exp_avgs, pulls, steps, *, lr, beta1, beta2, gamma, weight_decay):
     global _compiled_kernel
     if _compiled_kernel is None:
         _compiled_kernel = torch.compile(_foco_kernel, dynamic=True, fullgraph=True)

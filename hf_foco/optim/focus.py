@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from . import cpu_kernels
 from .base import (
     ElementwiseOptimizer,
     as_fp32,
@@ -26,7 +27,14 @@ from .base import (
     scratch_chunks,
     step_key,
 )
-from .validation import check_betas, check_choice, check_lr, check_unit_interval, check_weight_decay
+from .validation import (
+    check_betas,
+    check_choice,
+    check_fused_or_foreach,
+    check_lr,
+    check_unit_interval,
+    check_weight_decay,
+)
 
 DECAY_ORDERS = ("official", "paper")
 
@@ -41,38 +49,55 @@ class FOCUS(ElementwiseOptimizer):
         gamma: attraction strength in [0, 1); 0 gives Signum exactly.
         weight_decay: decoupled decay toward 0, proportional to the parameter EMA.
         decay_order: "official" (authors' code) or "paper" (Algorithm 1).
-        foreach: multi-tensor implementation; default on for plain tensors.
+        foreach: multi-tensor implementation; default on for plain tensors when no fused step applies.
+        fused: the fused CPU kernel (:mod:`~hf_foco.optim.cpu_kernels`, bit-identical to the multi-tensor
+            step); default on for CPU parameters when it is available.
     """
 
     state_names = ("exp_avg", "param_avg")
 
     def __init__(self, params, lr: float = 0.01, betas=(0.9, 0.999), gamma: float = 0.1,
-                 weight_decay: float = 0.0, decay_order: str = "official", foreach: bool | None = None):
+                 weight_decay: float = 0.0, decay_order: str = "official", foreach: bool | None = None,
+                 fused: bool | None = None):
         check_lr(lr)
         check_betas(betas)
         check_unit_interval("gamma", gamma)
         check_weight_decay(weight_decay)
         check_choice("decay_order", decay_order, DECAY_ORDERS)
+        check_fused_or_foreach("FOCUS", fused, foreach)
         defaults = dict(lr=lr, betas=tuple(betas), gamma=gamma, weight_decay=weight_decay,
-                        decay_order=decay_order, foreach=foreach)
+                        decay_order=decay_order, foreach=foreach, fused=fused)
         super().__init__(params, defaults)
 
     def _apply(self, group, params, grads, states, steps):
         beta1, beta2 = group["betas"]
-        focus(params, grads, states["exp_avg"], states["param_avg"], steps, foreach=group["foreach"], lr=group["lr"],
-              beta1=beta1, beta2=beta2, gamma=group["gamma"], weight_decay=group["weight_decay"],
+        focus(params, grads, states["exp_avg"], states["param_avg"], steps, foreach=group["foreach"],
+              fused=group.get("fused"), lr=group["lr"], beta1=beta1, beta2=beta2, gamma=group["gamma"], weight_decay=group["weight_decay"],
               decay_order=group["decay_order"])
 
 
-def focus(params, grads, exp_avgs, param_avgs, steps, *, foreach: bool | None = None, lr: float, beta1: float,
-          beta2: float, gamma: float, weight_decay: float, decay_order: str = "official") -> None:
-    """The FOCUS step on lists of tensors (fp32 states, 0-d step counters); ``foreach`` defaults to the
-    multi-tensor implementation for plain contiguous tensors, as ``torch.optim.adamw.adamw`` does."""
+def focus(params, grads, exp_avgs, param_avgs, steps, *, foreach: bool | None = None, fused: bool | None = None,
+          lr: float, beta1: float, beta2: float, gamma: float, weight_decay: float,
+          decay_order: str = "official") -> None:
+    """The FOCUS step on lists of tensors (fp32 states, 0-d step counters). ``fused`` (default on for CPU
+    tensors when the CPU kernels are available) runs the rows the kernel takes; the others, or all, go to the
+    multi-tensor implementation (``foreach``, default on for plain contiguous tensors, as in
+    ``torch.optim.adamw.adamw``) or one tensor at a time."""
+    hyper = dict(lr=lr, beta1=beta1, beta2=beta2, gamma=gamma, weight_decay=weight_decay, decay_order=decay_order)
+    if fused is None:
+        fused = not foreach and cpu_kernels.default_fused(params)
+    if fused:
+        rows, others = cpu_kernels.split_rows([params, grads, exp_avgs, param_avgs, steps], (torch.float32,) * 2)
+        for (p, g, m, pbar), step in cpu_kernels.by_step(rows):
+            cpu_kernels.kernels().focus_step(p, g, m, pbar, 1 - beta2 ** step, lr, beta1, beta2, gamma, weight_decay,
+                                             decay_order == "paper")
+        params, grads, exp_avgs, param_avgs, steps = others
+        if not params:
+            return
     if foreach is None:
         foreach = default_foreach(params)
     fn = _multi_tensor_focus if foreach else _single_tensor_focus
-    fn(params, grads, exp_avgs, param_avgs, steps, lr=lr, beta1=beta1, beta2=beta2, gamma=gamma,
-       weight_decay=weight_decay, decay_order=decay_order)
+    fn(params, grads, exp_avgs, param_avgs, steps, **hyper)
 
 
 def _single_tensor_focus(params, grads, exp_avgs, param_avgs, steps, *, lr, beta1, beta2, gamma,

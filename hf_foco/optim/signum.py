@@ -11,30 +11,47 @@ from __future__ import annotations
 
 import torch
 
+from . import cpu_kernels
 from .base import ElementwiseOptimizer, as_fp32, default_foreach, fp32_params, group_by_device_and_dtype
-from .validation import check_lr, check_unit_interval, check_weight_decay
+from .validation import check_fused_or_foreach, check_lr, check_unit_interval, check_weight_decay
 
 
 class Signum(ElementwiseOptimizer):
-    """Sign of momentum. ``momentum`` in [0, 1); 0 gives signSGD. fp32 momentum for any param dtype."""
+    """Sign of momentum. ``momentum`` in [0, 1); 0 gives signSGD. fp32 momentum for any param dtype.
+
+    ``fused``: the fused CPU kernel (:mod:`~hf_foco.optim.cpu_kernels`, bit-identical to the multi-tensor
+    step), default on for CPU parameters when it is available; ``foreach``: the multi-tensor step otherwise.
+    """
 
     state_names = ("exp_avg",)
 
     def __init__(self, params, lr: float = 1e-4, momentum: float = 0.9, weight_decay: float = 0.0,
-                 foreach: bool | None = None):
+                 foreach: bool | None = None, fused: bool | None = None):
         check_lr(lr)
         check_unit_interval("momentum", momentum)
         check_weight_decay(weight_decay)
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, foreach=foreach))
+        check_fused_or_foreach("Signum", fused, foreach)
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, foreach=foreach,
+                                      fused=fused))
 
     def _apply(self, group, params, grads, states, steps):
-        signum(params, grads, states["exp_avg"], steps, foreach=group["foreach"], lr=group["lr"],
-               momentum=group["momentum"], weight_decay=group["weight_decay"])
+        signum(params, grads, states["exp_avg"], steps, foreach=group["foreach"], fused=group.get("fused"),
+               lr=group["lr"], momentum=group["momentum"], weight_decay=group["weight_decay"])
 
 
-def signum(params, grads, exp_avgs, steps, *, foreach: bool | None = None, lr: float, momentum: float,
-           weight_decay: float) -> None:
-    """The Signum step on lists of tensors (fp32 momentum); ``foreach`` as in ``torch.optim.adamw.adamw``."""
+def signum(params, grads, exp_avgs, steps, *, foreach: bool | None = None, fused: bool | None = None, lr: float,
+           momentum: float, weight_decay: float) -> None:
+    """The Signum step on lists of tensors (fp32 momentum); ``fused`` and ``foreach`` as in
+    :func:`~hf_foco.optim.focus.focus`."""
+    if fused is None:
+        fused = not foreach and cpu_kernels.default_fused(params)
+    if fused:
+        rows, others = cpu_kernels.split_rows([params, grads, exp_avgs, steps], (torch.float32,))
+        for (p, g, m), _ in cpu_kernels.by_step(rows):
+            cpu_kernels.kernels().sign_step(p, g, m, lr, momentum, 0.0, weight_decay, False)
+        params, grads, exp_avgs, steps = others
+        if not params:
+            return
     if foreach is None:
         foreach = default_foreach(params)
     fn = _multi_tensor_signum if foreach else _single_tensor_signum

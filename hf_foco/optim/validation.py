@@ -47,3 +47,8 @@ def check_betas(betas: Sequence[float], count: int = 2) -> None:
 def check_choice(name: str, value, choices: Sequence[str]) -> None:
     if value not in choices:
         raise ValueError(f"Invalid {name}={value!r}: choose one of {', '.join(map(repr, choices))}.")
+
+
+def check_fused_or_foreach(optimizer: str, fused, foreach) -> None:
+    if fused and foreach:
+        raise ValueError(f"{optimizer}: choose fused=True or foreach=True, not both.")
