@@ -30,7 +30,7 @@ from hf_foco.optim import FOCUS, FOCUS16bit, Lion, Signum
 # Bytes one fused pass moves per fp32 parameter: read g, read and write theta and the states.
 TRAFFIC = {"adamw": 4 + 2 * (4 + 4 + 4), "foco": 4 + 2 * (4 + 2 + 2), "focus": 4 + 2 * (4 + 4 + 4),
            "signum": 4 + 2 * (4 + 4), "lion": 4 + 2 * (4 + 4)}
-BASELINE, FOREACH_BASELINE = "adamw (fused)", "adamw (foreach)"
+BASELINE, FOREACH_BASELINE, STREAM = "adamw (fused)", "adamw (foreach)", "x += y"
 
 
 def candidates(device: str) -> dict:
@@ -84,12 +84,13 @@ def timed(fn, sync, rounds: int) -> list[float]:
     return times
 
 
-def stream_bandwidth(numel: int, device: str, sync, rounds: int) -> float:
-    """Bytes per second of ``x.add_(y)`` over ``numel`` fp32 elements (read x and y, write x: 12 bytes each),
-    the access pattern of an optimizer step (a plain copy also reads the destination's cache lines before
-    writing them, which an in-place update does not)."""
-    x, y = torch.zeros(numel, device=device), torch.zeros(numel, device=device)
-    return 12 * numel / min(timed(lambda: x.add_(y), sync, rounds))
+def stream_step(numel: int, device: str):
+    """``x.add_(y)`` over ``numel`` fp32 elements (read x and y, write x: 12 bytes each), the access pattern of
+    an optimizer step (a plain copy also reads the destination's cache lines before writing them, which an
+    in-place update does not). Timed in the same rounds as the optimizers, so noise hits it alike."""
+    gen = torch.Generator(device=device).manual_seed(1)
+    x, y = (torch.randn(numel, generator=gen, device=device) for _ in range(2))
+    return lambda: x.add_(y)
 
 
 def main() -> None:
@@ -120,13 +121,14 @@ def main() -> None:
         opt.step()  # creates the state; builds or compiles a fused kernel
         sync()
         optimizers[name] = opt
-    bandwidth = stream_bandwidth(numel, args.device, sync, args.rounds)
+    steps = {name: opt.step for name, opt in optimizers.items()} | {STREAM: stream_step(numel, args.device)}
 
-    times = {name: [] for name in optimizers}
+    times = {name: [] for name in steps}
     for _ in range(args.rounds):
-        for name, opt in optimizers.items():
-            times[name] += timed(opt.step, sync, 1)
+        for name, step in steps.items():
+            times[name] += timed(step, sync, 1)
     best = {name: min(t) for name, t in times.items()}
+    bandwidth = 12 * numel / best[STREAM]
 
     print(f"\n{args.preset} shapes: {numel / 1e6:.1f}M parameters in {len(shapes)} tensors; {args.device}: "
           f"{machine(args.device)}; fastest of {args.rounds} interleaved steps; torch {torch.__version__}")
