@@ -1,12 +1,12 @@
 """The README's verdict table: each FOCUS-paper claim, the measurement behind it, and a verdict by a fixed rule.
 
 Reads the noise study's and the length study's ``summary.json`` (``hf-foco compare ... --report_only`` writes
-them, also for a partial study) and, for the sharpness claim, the length runs' ``trainer_state.json``; prints
-a markdown table. A claim whose runs are not there yet says "pending". The rules (Δ: a difference of
+them, also for a partial study: the committed copies in docs/ will do); prints a markdown table. A claim whose runs are not there yet says "pending". The rules (Δ: a difference of
 seed means, each optimizer at its best LR; se: its standard error, sqrt(sd₁²/n₁ + sd₂²/n₂)):
 
-(a) FOCUS/foco reach AdamW's loss in fewer steps: both reach AdamW's best final loss on every seed with a
-    speedup > 1 (in steps; equal to the speedup in tokens within a group). Holds if so in every group,
+(a) FOCUS/foco reach AdamW's loss in fewer steps: both reach AdamW's target (the loss every AdamW seed
+    reaches at its best LR) on every seed with a speedup > 1 (in steps; equal to the speedup in tokens
+    within a group). Holds if so in every group,
     does not hold if in none.
 (b) Their advantage grows with gradient noise: advantage = AdamW's final loss − theirs; holds if it is
     larger at the small batch than at the large one by more than 2 se (for FOCUS and foco), does not
@@ -16,12 +16,12 @@ seed means, each optimizer at its best LR; se: its standard error, sqrt(sd₁²/
     themselves are not comparable across optimizers, their ratios are. Holds if, at both batch sizes,
     FOCUS has the lowest sensitivity of the three, does not hold if it has the highest at both.
 (d) FOCUS's sharpness stays lower than Signum's: seed-mean top Hessian eigenvalue at every measured step
-    after 0 of the length runs; holds if FOCUS's is lower at every one, does not hold if higher at every one.
+    after 0 of the length runs at the best LR (the summary's ``top_hessian_eigenvalue``); holds if FOCUS's is lower at every one, does not hold if higher at every one.
 (e) foco = FOCUS within seed noise: |Δ| ≤ 2 se in every group.
 (f) FOP beats K-FAC and AdamW at large batch: at the largest batch, holds if FOP's final loss is lower than
     both by more than 2 se, does not hold if higher than either by more than 2 se, else not shown.
 
-    python scripts/verdict.py --noise /work/studies/gpt2-nano-noise --length /work/studies/gpt2-nano-length
+    python scripts/verdict.py --noise docs/gpt2-nano-noise --length docs/gpt2-nano-length   # the committed copies
 """
 
 from __future__ import annotations
@@ -29,11 +29,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 from pathlib import Path
 from typing import Any
-
-from hf_foco.trainer.sharpness import EIGENVALUE_KEY
 
 PENDING = "pending: study running"
 
@@ -80,7 +77,7 @@ def claim_a(groups: list[tuple[str, dict[str, Any]]]) -> tuple[str, str]:
         return "", PENDING
     verdict = "holds" if all(fewer) else "does not hold" if not any(fewer) else "partly: " + ", ".join(
         name for (name, _), ok in zip(groups, fewer) if ok)
-    return "speedup in steps to AdamW's best loss (seeds at the best LR): " + " / ".join(cells), verdict
+    return "speedup in steps to AdamW's target (seeds at the best LR): " + " / ".join(cells), verdict
 
 
 def claim_b(groups: list[tuple[str, dict[str, Any]]]) -> tuple[str, str]:
@@ -124,30 +121,19 @@ def claim_c(groups: list[tuple[str, dict[str, Any]]]) -> tuple[str, str]:
     return "LR sensitivity / headroom (largest stable LR ÷ best LR): " + "; ".join(cells), verdict
 
 
-def _eigenvalues(length_dir: Path, summary: dict[str, Any], optimizer: str) -> dict[int, float]:
-    """Seed-mean top Hessian eigenvalue per step of ``optimizer``'s length runs."""
-    by_step: dict[int, list[float]] = {}
-    for row in summary["runs"]:
-        if row["optimizer"] != optimizer:
-            continue
-        state = length_dir / "runs" / row["name"] / "trainer_state.json"
-        for entry in json.loads(state.read_text())["log_history"] if state.is_file() else []:
-            if entry.get(EIGENVALUE_KEY) is not None:
-                by_step.setdefault(int(entry["step"]), []).append(entry[EIGENVALUE_KEY])
-    return {step: statistics.fmean(values) for step, values in sorted(by_step.items())}
-
-
-def claim_d(length_dir: Path | None, summary: dict[str, Any] | None) -> tuple[str, str]:
-    if not summary:
+def claim_d(groups: list[tuple[str, dict[str, Any]]]) -> tuple[str, str]:
+    if not groups:
         return "", PENDING
-    focus, signum = (_eigenvalues(length_dir, summary, opt) for opt in ("focus", "signum"))
+    name, group = groups[0]
+    focus, signum = ({step: value for step, value in (group["optimizers"].get(opt) or {}).get(
+        "top_hessian_eigenvalue", [])} for opt in ("focus", "signum"))
     steps = [s for s in focus if s > 0 and s in signum]
     if not steps:
         return "", PENDING
     lower = [focus[s] < signum[s] for s in steps]
-    pairs = ", ".join(f"{s}: {focus[s]:.3g} vs {signum[s]:.3g}" for s in steps)
+    pairs = ", ".join(f"{s:g}: {focus[s]:.3g} vs {signum[s]:.3g}" for s in steps)
     verdict = "holds" if all(lower) else "does not hold" if not any(lower) else "not shown at this scale"
-    return f"top Hessian eigenvalue, FOCUS vs Signum (seed means) at steps {pairs}", verdict
+    return f"top Hessian eigenvalue, FOCUS vs Signum (seed means, {name}) at steps {pairs}", verdict
 
 
 def claim_e(groups: list[tuple[str, dict[str, Any]]]) -> tuple[str, str]:
@@ -191,7 +177,7 @@ def main() -> None:
         ("(a) FOCUS/foco reach AdamW's loss in fewer steps", claim_a(noise_groups + length_groups)),
         ("(b) their advantage grows with gradient noise", claim_b(noise_groups)),
         ("(c) FOCUS tolerates larger LRs than Adam and Signum", claim_c(noise_groups)),
-        ("(d) FOCUS's sharpness stays lower than Signum's", claim_d(args.length, length)),
+        ("(d) FOCUS's sharpness stays lower than Signum's", claim_d(length_groups)),
         ("(e) foco = FOCUS within seed noise", claim_e(noise_groups + length_groups)),
         ("(f) FOP beats K-FAC and AdamW at large batch", claim_f(noise_groups)),
     ]

@@ -13,10 +13,11 @@ rules can be checked on hand-made logs, independent of how the runs were produce
 * **Grid extension.** While the best LR sits at an edge of the grid, one more LR beyond that edge, at the
   ratio of the two outermost LRs there (the grid's log spacing); when every LR diverged, one below the
   smallest. A best LR below a diverged one is bracketed by the divergence: no extension.
-* **Steps to target.** The target of a comparison group is the final eval loss of its best AdamW run. A
-  run's steps to target interpolate linearly between the last eval above the target and the first at or
-  below it; tokens to target = steps x tokens per step. Speedup = the AdamW reference run's steps / the
-  optimizer's, per seed at its best LR; a run that misses the target counts as no speedup (1.0) and in
+* **Steps to target.** The target of a comparison group is the loss AdamW reaches on every seed at its best
+  LR: the highest final eval loss among those seeds (one lucky seed at another LR would be a target that
+  AdamW itself, tuned, misses). A run's steps to target interpolate linearly between the last eval above the
+  target and the first at or below it; tokens to target = steps x tokens per step. Speedup = AdamW's steps
+  (the mean over its best-LR seeds) / the optimizer's, per seed at its best LR; a run that misses the target counts as no speedup (1.0) and in
   ``missed``.
 * **LR sensitivity** (Wortsman et al. 2023, "Small-scale proxies for large-scale Transformer training
   instabilities"): the mean over the grid's LRs of min(final eval loss, ℓ₀) − the best of those values
@@ -24,6 +25,8 @@ rules can be checked on hand-made logs, independent of how the runs were produce
   the best; it grows with the grid's span, so compare optimizers on grids of equal span.
 * **Largest stable LR.** The largest grid LR at which no seed diverged (a lower bound when it is the top of
   the grid).
+* **Sharpness.** The seed-mean top Hessian eigenvalue at each step it was measured, at the best LR (runs with
+  ``hessian_every_n_steps``), so the summary alone carries what the sharpness claim compares.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..trainer.sharpness import EIGENVALUE_KEY
 from ..trainer.spikes import (
     DEFAULT_LATE_FRACTION,
     DEFAULT_WINDOW,
@@ -177,6 +181,15 @@ def analyse_run(run: RunLog, config: AnalysisConfig = AnalysisConfig()) -> dict[
     }
 
 
+def seed_mean_series(histories: Iterable[Sequence[dict[str, Any]]], key: str) -> list[list[float]]:
+    """[[step, mean over the runs that logged ``key`` at that step], ...] in step order."""
+    by_step: dict[int, list[float]] = {}
+    for history in histories:
+        for step, value in zip(*series(history, key)):
+            by_step.setdefault(step, []).append(value)
+    return [[step, statistics.fmean(values)] for step, values in sorted(by_step.items())]
+
+
 def _by_lr(rows: Sequence[dict[str, Any]]) -> dict[float, list[dict[str, Any]]]:
     by_lr: dict[float, list[dict[str, Any]]] = {}
     for row in sorted(rows, key=lambda r: r["learning_rate"]):
@@ -243,11 +256,15 @@ def compare_group(rows: Sequence[dict[str, Any]], histories: dict[str, Sequence[
     ``rows`` are ``analyse_run`` rows of one group; ``histories`` maps run name -> log_history. Also fills
     each row's ``steps_to_target`` and ``tokens_to_target`` once the group's target is known.
     """
-    finite_adamw = [r for r in rows if r["optimizer"] == REFERENCE_OPTIMIZER and not r["diverged"]
-                    and r["final_eval_loss"] is not None]
-    reference = min(finite_adamw, key=lambda r: r["final_eval_loss"], default=None)
+    # The target is the loss AdamW reaches on every seed at its best LR (the worst of those seeds' final
+    # losses), so each of AdamW's own seeds reaches it and the reference is their mean steps, not one lucky seed.
+    adamw = [r for r in rows if r["optimizer"] == REFERENCE_OPTIMIZER]
+    adamw_best = best_learning_rate(adamw)
+    tuned = [r for r in adamw if r["learning_rate"] == adamw_best]
+    reference = max(tuned, key=lambda r: r["final_eval_loss"], default=None)
     target = reference["final_eval_loss"] if reference else None
-    reference_steps = steps_to_target(histories[reference["name"]], target) if reference else None
+    reference_steps = (statistics.fmean(steps_to_target(histories[r["name"]], target) for r in tuned)
+                       if reference else None)
     for row in rows:
         steps = (steps_to_target(histories[row["name"]], target)
                  if target is not None and not row["diverged"] else None)
@@ -270,6 +287,7 @@ def compare_group(rows: Sequence[dict[str, Any]], histories: dict[str, Sequence[
             "nan_guard_skips": sum(r["nan_guard_skips"] for r in own),
             "final_eval_loss": spread([r["final_eval_loss"] for r in at_best]),
             "steps_to_target": None, "tokens_to_target": None, "speedup": None, "missed": None,
+            "top_hessian_eigenvalue": seed_mean_series((histories[r["name"]] for r in at_best), EIGENVALUE_KEY),
         }
         if reference_steps is not None and at_best:
             reached = [r for r in at_best if r["steps_to_target"] is not None]

@@ -173,8 +173,8 @@ def _group_markdown(name: str, group: dict[str, Any], rows: Sequence[dict[str, A
     if group["target_eval_loss"] is None:
         lines += ["No finished, non-diverged AdamW run: no target, so no steps-to-target or speedups.", ""]
     else:
-        lines += [f"Target eval loss {group['target_eval_loss']:.4f} (best AdamW run `{group['reference_run']}`, "
-                  f"reached at step {group['reference_steps']:.1f}).", ""]
+        lines += [f"Target eval loss {group['target_eval_loss']:.4f} (reached by every AdamW seed at its best LR; the "
+                  f"last by `{group['reference_run']}`; at step {group['reference_steps']:.1f} on their mean).", ""]
     lines += ["| optimizer | best LR | final eval loss | steps to target | tokens to target | speedup vs AdamW "
               "| missed |", "|---|---|---|---|---|---|---|"]
     for opt, e in group["optimizers"].items():
@@ -204,7 +204,7 @@ def _across_groups_markdown(groups: dict[str, Any]) -> list[str]:
     advantage moves with the batch size (gradient noise) at an equal token budget."""
     names = list(groups)
     lines = ["## Across groups", "", "Final eval loss minus AdamW's (seed means, each at its best LR; negative: "
-             "better than AdamW), and tokens to the group's own target (its best AdamW run's final loss):", "",
+             "better than AdamW), and tokens to the group's own target (the loss every AdamW seed reaches at its best LR):", "",
              "| optimizer | " + " | ".join(f"{g} Δloss | {g} tokens to target" for g in names) + " |",
              "|---|" + "---|---|" * len(names)]
     optimizers = dict.fromkeys(opt for g in groups.values() for opt in g["optimizers"])
@@ -250,9 +250,10 @@ def write_report(study_name: str, runs: Sequence[RunLog], output_dir: Path, opti
              "- **Best LR**: the lowest seed-mean final eval loss among the LRs where no seed diverged; *(edge)* "
              "when it is the smallest or largest LR of the grid (unbracketed: the optimum may lie beyond).",
              "- **Final eval loss**: mean ± sample std [min, max] over seeds at the best LR.",
-             "- **Target**: the best AdamW run's final eval loss. **Steps/tokens to target**: where the eval loss "
+             "- **Target**: the loss AdamW reaches on every seed at its best LR (the highest of those seeds' final "
+             "eval losses). **Steps/tokens to target**: where the eval loss "
              "first reaches it, interpolated linearly between the two evaluations that straddle it (tokens = "
-             "steps × tokens per step). **Speedup** = the AdamW reference run's steps / the optimizer's, per seed "
+             "steps × tokens per step). **Speedup** = AdamW's mean steps to it (its best-LR seeds) / the optimizer's, per seed "
              "at its best LR; a miss counts as 1.0 and in *missed*.",
              "- **LR sensitivity** (Wortsman et al. 2023): the mean over the grid's LRs of min(final eval loss, "
              "initial loss) − the best such value (seed means; a run without a finite loss counts as the initial "
