@@ -328,6 +328,18 @@ def test_runner_extends_grids_until_bracketed_or_the_limit_with_parallel_jobs(tm
     assert "| adamw | 0.016 (edge) |" in report and "Unbracketed optimum" in report
 
 
+def test_an_optimizer_run_at_one_given_lr_is_not_reported_as_unbracketed():
+    from hf_foco.compare.report import _group_markdown
+
+    runs = [run("a", "adamw", 1e-3, 0, evals=evals_reaching(3.0, 100)),  # one LR (e.g. learning_rates_from)
+            run("f1", "foco", 1e-3, 0, evals=evals_reaching(3.2, 100)),  # a grid whose best is its top
+            run("f2", "foco", 2e-3, 0, evals=evals_reaching(3.1, 100))]
+    group = summarize(runs)["groups"]["g"]
+    text = "\n".join(_group_markdown("g", group, [], []))
+    assert "| adamw | 0.001 |" in text and "| foco | 0.002 (edge) |" in text
+    assert "Unbracketed optimum (best LR at the edge of the grid, extensions used up or pending): foco." in text
+
+
 
 def test_learning_rates_from_another_study_match_the_batch_size(tmp_path):
     source = tmp_path / "noise"

@@ -156,7 +156,14 @@ def _fmt_spread(s: dict[str, float] | None, spec: str = ".4g") -> str:
 
 def _lr_text(entry: dict[str, Any]) -> str:
     best = entry["best_learning_rate"]
-    return "-" if best is None else f"{best:g}" + ("" if entry["bracketed"] else " (edge)")
+    if best is None:
+        return "-"
+    return f"{best:g}" + ("" if entry["bracketed"] or _fixed_lr(entry) else " (edge)")
+
+
+def _fixed_lr(entry: dict[str, Any]) -> bool:
+    """One LR, given (e.g. by learning_rates_from): no grid, so no edge to report."""
+    return len(entry["learning_rates"]) == 1
 
 
 def _stable_text(entry: dict[str, Any]) -> str:
@@ -181,7 +188,8 @@ def _group_markdown(name: str, group: dict[str, Any], rows: Sequence[dict[str, A
         lines.append(f"| {opt} | {_lr_text(e)} | {_fmt_spread(e['final_eval_loss'], '.3f')} | "
                      f"{_fmt_spread(e['steps_to_target'], '.0f')} | {_fmt_spread(e['tokens_to_target'], '.3g')} | "
                      f"{_fmt_spread(e['speedup'], '.2f')} | {_fmt(e['missed'], 'd')} |")
-    unbracketed = [opt for opt, e in group["optimizers"].items() if e["best_learning_rate"] and not e["bracketed"]]
+    unbracketed = [opt for opt, e in group["optimizers"].items()
+                   if e["best_learning_rate"] and not e["bracketed"] and not _fixed_lr(e)]
     if unbracketed:
         lines += ["", f"Unbracketed optimum (best LR at the edge of the grid, extensions used up or pending): "
                   f"{', '.join(unbracketed)}. Their numbers may improve with a wider grid."]
@@ -248,7 +256,8 @@ def write_report(study_name: str, runs: Sequence[RunLog], output_dir: Path, opti
              f"{config.spike_zscore:g} against the {config.spike_window} logged losses before it (the same rule "
              "as the monitor).",
              "- **Best LR**: the lowest seed-mean final eval loss among the LRs where no seed diverged; *(edge)* "
-             "when it is the smallest or largest LR of the grid (unbracketed: the optimum may lie beyond).",
+             "when it is the smallest or largest LR of a grid of several (unbracketed: the optimum may lie beyond); "
+             "an optimizer run at one given LR has no grid and no mark.",
              "- **Final eval loss**: mean ± sample std [min, max] over seeds at the best LR.",
              "- **Target**: the loss AdamW reaches on every seed at its best LR (the highest of those seeds' final "
              "eval losses). **Steps/tokens to target**: where the eval loss "

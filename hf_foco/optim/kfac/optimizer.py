@@ -27,8 +27,8 @@ moved over a hundredfold change of ``--learning_rate``). Root causes, measured o
 
 Measured after the fix (gpt2-nano preset, 240 steps × 16 sequences × 128 tokens, seed 0, CPU,
 ``recipes/studies/gpt2-nano-kfac.yaml``): AdamW at its best lr 4e-3 ends at eval loss 5.338; K-FAC 5.252 /
-5.187 / 5.151 / 5.150 at lr 2e-3 / 4e-3 / 8e-3 / 1.6e-2, each reaching 5.338 by step 160 (evals every 20);
-FOP at 4e-3 5.148, by step 140, median |β*| 0.12. Step time over a whole run: 1.20× AdamW for K-FAC,
+5.187 / 5.151 / 5.150 / 5.659 at lr 2e-3 / 4e-3 / 8e-3 / 1.6e-2 / 3.2e-2 (bracketed), reaching 5.338 in
+145-155 steps; FOP at 4e-3 5.148, in 137 steps, median |β*| 0.12. Step time over a whole run: 1.20× AdamW for K-FAC,
 1.18× for FOP on a quiet 2-core machine (``scripts/bench_kfac.py``; README).
 ``curvature_examples`` refreshes the factors from the first N examples of the batch only, for cost.
 
