@@ -17,8 +17,8 @@ rules can be checked on hand-made logs, independent of how the runs were produce
   LR: the highest final eval loss among those seeds (one lucky seed at another LR would be a target that
   AdamW itself, tuned, misses). A run's steps to target interpolate linearly between the last eval above the
   target and the first at or below it; tokens to target = steps x tokens per step. Speedup = AdamW's steps
-  (the mean over its best-LR seeds) / the optimizer's, per seed at its best LR; a run that misses the target counts as no speedup (1.0) and in
-  ``missed``.
+  (the mean over its best-LR seeds) / the optimizer's, per seed at its best LR; a run that misses the target
+  counts as no speedup (1.0) and in ``missed``.
 * **LR sensitivity** (Wortsman et al. 2023, "Small-scale proxies for large-scale Transformer training
   instabilities"): the mean over the grid's LRs of min(final eval loss, ℓ₀) − the best of those values
   (seed means; a run without a finite final loss counts as ℓ₀). 0 means every LR of the grid is as good as

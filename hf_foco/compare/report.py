@@ -212,7 +212,8 @@ def _across_groups_markdown(groups: dict[str, Any]) -> list[str]:
     advantage moves with the batch size (gradient noise) at an equal token budget."""
     names = list(groups)
     lines = ["## Across groups", "", "Final eval loss minus AdamW's (seed means, each at its best LR; negative: "
-             "better than AdamW), and tokens to the group's own target (the loss every AdamW seed reaches at its best LR):", "",
+             "better than AdamW), and tokens to the group's own target (the loss every AdamW seed reaches at its "
+             "best LR):", "",
              "| optimizer | " + " | ".join(f"{g} Δloss | {g} tokens to target" for g in names) + " |",
              "|---|" + "---|---|" * len(names)]
     optimizers = dict.fromkeys(opt for g in groups.values() for opt in g["optimizers"])
@@ -262,8 +263,8 @@ def write_report(study_name: str, runs: Sequence[RunLog], output_dir: Path, opti
              "- **Target**: the loss AdamW reaches on every seed at its best LR (the highest of those seeds' final "
              "eval losses). **Steps/tokens to target**: where the eval loss "
              "first reaches it, interpolated linearly between the two evaluations that straddle it (tokens = "
-             "steps × tokens per step). **Speedup** = AdamW's mean steps to it (its best-LR seeds) / the optimizer's, per seed "
-             "at its best LR; a miss counts as 1.0 and in *missed*.",
+             "steps × tokens per step). **Speedup** = AdamW's mean steps to it (its best-LR seeds) / the "
+             "optimizer's, per seed at its best LR; a miss counts as 1.0 and in *missed*.",
              "- **LR sensitivity** (Wortsman et al. 2023): the mean over the grid's LRs of min(final eval loss, "
              "initial loss) − the best such value (seed means; a run without a finite loss counts as the initial "
              "loss, the eval loss at step 0). Lower is more forgiving; it depends on the grid's span.",
