@@ -6,6 +6,7 @@ import shutil
 from types import SimpleNamespace
 
 import pytest
+import torch
 from helpers import REPO
 from huggingface_hub import HfApi, constants
 
@@ -62,3 +63,13 @@ def hub(monkeypatch):
     monkeypatch.setattr(HfApi, "create_commit", create_commit)
     monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
     return calls
+
+
+@pytest.fixture(params=[1, 2], ids=lambda n: f"{n}-thread")
+def num_threads(request):
+    """The test once with 1 and once with 2 intra-op threads (what OMP_NUM_THREADS sets): fp32 sums are then
+    split and ordered differently, so a tolerance that holds for both does not rest on one accumulation order."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
