@@ -5,11 +5,13 @@ import os
 import shutil
 from types import SimpleNamespace
 
+import datasets
 import pytest
 import torch
-from helpers import REPO
+from helpers import PLACES, REPO
 from huggingface_hub import HfApi, constants
 
+import hf_foco
 from hf_foco.data import DataArguments, prepare_lm_data, stdlib_files
 from hf_foco.data.corpus import stdlib_root
 
@@ -36,6 +38,16 @@ def workspace(tmp_path_factory):
     finally:
         os.environ.clear()
         os.environ.update(old)
+
+
+@pytest.fixture
+def offline_data(tmp_path, monkeypatch):
+    """The datasets cache of in-process script runs under tmp_path; transformers left as found afterwards."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_datasets"))
+    originals = [getattr(module, name) for module, name in PLACES]
+    yield tmp_path
+    hf_foco.uninstall()
+    assert [getattr(module, name) for module, name in PLACES] == originals
 
 
 @pytest.fixture

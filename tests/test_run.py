@@ -15,13 +15,22 @@ import subprocess
 import sys
 from pathlib import Path
 
-import datasets
 import pytest
 import torch
 import transformers
 import transformers.trainer
 import transformers.training_args
-from helpers import REPO, SEQ, STOCK_CLM, readme_blocks, stock_clm_args, text_dataset, tiny_gpt2
+from helpers import (
+    PLACES,
+    REPO,
+    SEQ,
+    STOCK_CLM,
+    readme_blocks,
+    run_stock,
+    stock_clm_args,
+    text_dataset,
+    tiny_gpt2,
+)
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 from transformers import HfArgumentParser
@@ -34,31 +43,11 @@ from hf_foco.trainer import FocoTrainer, FocoTrainingArguments
 
 torch.set_num_threads(1)
 INTEGRATION = "Training with the Hugging Face Trainer"
-PLACES = [(transformers, "Trainer"), (transformers, "TrainingArguments"), (transformers.trainer, "Trainer"),
-          (transformers.training_args, "TrainingArguments")]
-
-
-@pytest.fixture
-def offline_data(tmp_path, monkeypatch):
-    """The datasets cache of in-process script runs under tmp_path; transformers left as found afterwards."""
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_datasets"))
-    originals = [getattr(module, name) for module, name in PLACES]
-    yield tmp_path
-    hf_foco.uninstall()
-    assert [getattr(module, name) for module, name in PLACES] == originals
 
 
 def stock(args: list[str], install: bool) -> None:
-    """Run the stock script in this process: through `hf-foco run`, or as `python stock_clm.py` would."""
-    if install:
-        assert cli_main(["run", str(STOCK_CLM), *args]) == 0
-        return
-    saved = sys.argv
-    sys.argv = [str(STOCK_CLM), *args]
-    try:
-        runpy.run_path(str(STOCK_CLM), run_name="__main__")
-    finally:
-        sys.argv = saved
+    """Run the stock causal-LM script in this process: through `hf-foco run`, or as `python stock_clm.py` would."""
+    run_stock(STOCK_CLM, args, install)
 
 
 def logged_losses(out: Path) -> list[float]:

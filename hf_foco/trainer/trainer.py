@@ -21,11 +21,14 @@ checkpoints and resume) is transformers' own. What differs:
   that communication hook (:func:`hf_foco.distributed.register_compression`) and adds ``comm_bytes`` and
   ``comm_ratio`` (bytes sent / an fp32 all-reduce's) to the logs. A single process has nothing to compress
   (a warning says so); FSDP has no DDP hook (a clear error says so).
-* Defaults: a :class:`StabilityCallback` (unless ``--stability_monitor false``), the top Hessian eigenvalue
-  with ``--hessian_every_n_steps``, a ``wall_time_s`` stamp on every log entry, and, when no
-  ``compute_metrics`` is given, next-token accuracy and perplexity from the packaged evaluate module.
-  ``create_model_card`` / ``push_to_hub`` take transformers' arguments and write and upload a pretraining
-  card (:mod:`hf_foco.artifacts`) with the run record beside the stock result files.
+* Defaults for every model: a :class:`StabilityCallback` (unless ``--stability_monitor false``), the top
+  Hessian eigenvalue with ``--hessian_every_n_steps``, a ``wall_time_s`` stamp on every log entry.
+  ``create_model_card`` / ``push_to_hub`` take transformers' arguments and write and upload a card that names
+  the optimizer (:mod:`hf_foco.artifacts`) with the run record beside the stock result files.
+* Defaults for a causal LM only (:func:`~.task.is_causal_lm`: the model's class, or ``--causal_lm``): next-token
+  accuracy and perplexity from the packaged evaluate module when no ``compute_metrics`` is given, tokens
+  seen counted (``--include_num_input_tokens_seen auto``) and the pretraining card. Any other model keeps
+  transformers' behaviour there; K-FAC and FOP, whose curvature is a causal LM's next-token Fisher, refuse it.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from transformers.trainer import SCHEDULER_NAME
 from transformers.utils import logging
 
 from ..distributed import register_compression
-from ..optim import create_optimizer, spec_of
+from ..optim import create_optimizer, get_optimizer, spec_of
 from .arguments import is_registry_optim
 from .checkpoints import (
     POISONED,
@@ -55,6 +58,7 @@ from .evaluation import LMMetrics, preprocess_logits_for_lm_metrics
 from .record import INFER, write_run_artifacts
 from .sharpness import HessianEigenvalueCallback
 from .stability import StabilityCallback, monitor_of
+from .task import is_causal_lm, model_task
 
 logger = logging.get_logger(__name__)
 
@@ -107,11 +111,14 @@ class WallClock(TrainerCallback):
 class FocoTrainer(Trainer):
     """``Trainer`` that understands ``--optim <hf_foco name>`` (see the module docstring)."""
 
-    def __init__(self, *args, compute_metrics=None, preprocess_logits_for_metrics=None, **kwargs):
-        if compute_metrics is None and preprocess_logits_for_metrics is None:
-            compute_metrics, preprocess_logits_for_metrics = LMMetrics(), preprocess_logits_for_lm_metrics
-        super().__init__(*args, compute_metrics=compute_metrics,
-                         preprocess_logits_for_metrics=preprocess_logits_for_metrics, **kwargs)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.causal_lm = is_causal_lm(self.model, getattr(self.args, "causal_lm", None))
+        self._check_task()
+        if self.causal_lm and self.compute_metrics is None and self.preprocess_logits_for_metrics is None:
+            self.compute_metrics, self.preprocess_logits_for_metrics = LMMetrics(), preprocess_logits_for_lm_metrics
+        if self.args.include_num_input_tokens_seen == "auto":
+            self.args.include_num_input_tokens_seen = "all" if self.causal_lm else "no"
         if getattr(self.args, "stability_monitor", True) and monitor_of(self) is None:
             # First in line, so the fields it adds to the logs reach the reporting callbacks too.
             self.callback_handler.callbacks.insert(0, StabilityCallback.from_args(self.args))
@@ -134,6 +141,17 @@ class FocoTrainer(Trainer):
     @property
     def stability(self) -> StabilityCallback | None:
         return monitor_of(self)
+
+    def _check_task(self) -> None:
+        """Refuse an optimizer whose curvature assumes a causal LM (K-FAC, FOP) for any other model."""
+        spec = get_optimizer(self.args.optim) if is_registry_optim(self.args.optim) else None
+        if self.causal_lm or spec is None or not (spec.needs_layer_hooks or spec.needs_half_batch_grads):
+            return
+        task = model_task(self.model)
+        raise ValueError(f"--optim {spec.name} preconditions with a causal LM's next-token Fisher, and "
+                         f"{type(self.model).__name__} is {f'a {task} model' if task else 'not a causal LM'}: use "
+                         "an elementwise optimizer (foco, focus, signum, lion, adamw) or one of transformers', or "
+                         "--causal_lm true if the model does predict the next token.")
 
     def create_optimizer(self, model=None):
         if self.optimizer is None and is_registry_optim(self.args.optim):
