@@ -209,6 +209,8 @@ def main(argv: list[str] | None = None, callbacks=None) -> int:
                     "validation_tokens": len(data.validation) * data.block_size}
     # Explicit, so that a fresh model from --config_name is not taken for a fine-tune of that config's model.
     card = {"finetuned_from": model_args.model_name_or_path}
+    if data_args.dataset_name:  # a Hub dataset: its id and configuration are the card's metadata
+        card.update(dataset_tags=data_args.dataset_name, dataset_args=data_args.dataset_config_name)
     written = write_run_artifacts(trainer, dataset_info=dataset_info, **card)
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_info=dataset_info, **card)
