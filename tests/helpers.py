@@ -25,8 +25,10 @@ REPO = Path(__file__).resolve().parent.parent
 PLACES = [(transformers, "Trainer"), (transformers, "TrainingArguments"), (transformers.trainer, "Trainer"),
           (transformers.training_args, "TrainingArguments")]
 SCRIPT = REPO / "scripts" / "run_pretrain.py"
-# transformers-only Trainer scripts (causal LM, sequence and token classification), run unmodified
-STOCK_CLM, STOCK_GLUE, STOCK_NER = (REPO / "tests" / "scripts" / f"stock_{task}.py" for task in ("clm", "glue", "ner"))
+# Stock Trainer scripts (causal LM, sequence and token classification with transformers only; SFT with TRL),
+# run unmodified
+STOCK_CLM, STOCK_GLUE, STOCK_NER, STOCK_SFT = (REPO / "tests" / "scripts" / f"stock_{task}.py"
+                                               for task in ("clm", "glue", "ner", "sft"))
 SEQ = 16
 VOCAB = 128
 WORDS = "the cat sat on a mat and the dog ran to the red ball while birds sang in old trees".split()

@@ -330,7 +330,8 @@ class FocoTrainer(Trainer):
                     token: str | None = None, revision: str | None = None, private: bool | None = None,
                     dataset_info: dict | None = None, **kwargs):
         """Upload the run as transformers' ``push_to_hub`` does (the same arguments; ``kwargs`` go to
-        :meth:`create_model_card`), with the pretraining card and exactly the files :func:`push_run` lists.
+        :meth:`create_model_card`), with hf_foco's card (a subclass's own ``create_model_card``, TRL's, writes
+        its card instead) and exactly the files :func:`push_run` uploads.
 
         As transformers' push: the ``on_push_begin`` callbacks run, the repository is created from
         ``--hub_model_id`` (default: the output folder's name), the model is saved, ``model_name`` defaults to
@@ -350,7 +351,10 @@ class FocoTrainer(Trainer):
         self.save_model(_internal_call=True)
         if not self.is_world_process_zero():
             return None
-        self.create_model_card(dataset_info=dataset_info, repo_id=self.hub_model_id, **kwargs)
+        if type(self).create_model_card is FocoTrainer.create_model_card:
+            self.create_model_card(dataset_info=dataset_info, repo_id=self.hub_model_id, **kwargs)
+        else:  # a subclass writes its own card (TRL's trainers do), with its own arguments
+            self.create_model_card(**kwargs)
         self._finish_current_push()
         return push_run(self.args.output_dir, repo_id=self.hub_model_id, token=token, create=False,
                         revision=revision if revision is not None else self.args.hub_revision,
