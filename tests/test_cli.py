@@ -1,8 +1,10 @@
 """The command line as people expect it: plain-text help, the recipe first in run_pretrain's help, a missing
 recipe named as the error it is, and `hf-foco optimizers` in words."""
 
+import os
 import re
 import runpy
+import subprocess
 import sys
 
 import pytest
@@ -56,3 +58,27 @@ def test_optimizers_says_kronecker_factors_for_the_second_order_ones(capsys):
         assert line.endswith("state: Kronecker factors (per layer, not per parameter)")
     assert re.search(r"^foco .*state: 4 B/param$", text, flags=re.M)
     assert "`hf-foco run SCRIPT.py --optim NAME ...`" in text  # where a stock script's closed --optim list ends
+
+
+@pytest.mark.slow
+def test_an_installed_wheel_carries_the_recipes_and_hf_foco_recipes_copies_them_out(tmp_path):
+    """Built and installed as a user gets it (no checkout on the path), the package lists its recipes in
+    `hf-foco train`'s error and `hf-foco recipes DEST` writes the repository's recipes/ tree, file for file."""
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(REPO), "-w",
+                    str(tmp_path / "wheel")], check=True, capture_output=True, timeout=300, cwd=tmp_path)
+    (wheel,) = (tmp_path / "wheel").glob("hf_foco-*.whl")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(tmp_path / "site"),
+                    str(wheel)], check=True, capture_output=True, timeout=300)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site"), "HF_HUB_OFFLINE": "1"}
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    copied = subprocess.run([sys.executable, "-m", "hf_foco.cli", "recipes"], cwd=work, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert copied.returncode == 0, copied.stderr[-2000:]
+    assert "Copied 22 files into recipes" in copied.stdout
+    ours = {p.relative_to(REPO / "recipes"): p.read_bytes() for p in (REPO / "recipes").rglob("*.yaml")}
+    assert {p.relative_to(work / "recipes"): p.read_bytes() for p in (work / "recipes").rglob("*") if p.is_file()} \
+        == ours
+    again = subprocess.run([sys.executable, "-m", "hf_foco.cli", "recipes"], cwd=work, env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 1 and "hf-foco recipes: error: recipes already exists" in again.stderr

@@ -65,9 +65,10 @@ def test_model_card_describes_the_pretraining_run(run_dir):
     card = (out / "README.md").read_text()
     evals = [e for e in state.log_history if "eval_loss" in e]
     tokens = 4 * 8 * 16  # steps x batch x sequence length
+    seconds = round(next(e["train_runtime"] for e in reversed(state.log_history) if "train_runtime" in e))
     for text in ("`foco`", "| `gamma` | 0.2 |", "| `lr` | 0.003 |", "| `betas` | (0.9, 0.99) |",
                  "Steps: 4;", f"Tokens seen: {tokens}", "- name: tiny-sentences", "- sequence length: 16",
-                 "on CPU", "Wall time: 0 min", f"Final eval loss: {evals[-1]['eval_loss']:.4g}",
+                 "on CPU", f"Wall time: {seconds // 60} min {seconds % 60} s", f"Final eval loss: {evals[-1]['eval_loss']:.4g}",
                  f"Final eval perplexity: {math.exp(evals[-1]['eval_loss']):.4g}", "![Loss curve](loss_curve.png)",
                  "0 skipped non-finite steps", "## Limitations", "library_name: transformers",
                  f'AutoModelForCausalLM.from_pretrained("{REPO}")'):
