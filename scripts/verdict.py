@@ -234,16 +234,15 @@ def final_loss(row: dict[str, Any]) -> float | None:
     return row["final_eval_loss"]
 
 
-def loss_comparisons(groups: Sequence[Group], pairs: Sequence[tuple[str, str]], margin: float | None = None,
-                     label: Callable[[str, str, Group], str] | None = None) -> list[Comparison]:
+def loss_comparisons(groups: Sequence[Group], pairs: Sequence[tuple[str, str]],
+                     margin: float | None = None) -> list[Comparison]:
     """Final eval loss, first − second, in every group that has both optimizers."""
     comparisons = []
     for group in groups:
         for first, second in pairs:
             a, b = group.at_best(first), group.at_best(second)
             if a and b:
-                where = label(first, second, group) if label else f"{first} − {second}, {group.label}"
-                comparisons.append(judge(where, paired(a, b, final_loss), [group.entry(first), group.entry(second)],
+                comparisons.append(judge(f"{first} − {second} at {group.label}", paired(a, b, final_loss), [group.entry(first), group.entry(second)],
                                          margin=margin))
     return comparisons
 
@@ -268,7 +267,7 @@ def claim_a(groups: Sequence[Group]) -> list[Comparison]:
             differences = paired(adamw, own, steps_or_bound, log=True)
             missed = sum(own[s]["steps_to_target"] is None for s in differences)
             reference_missed = sum(adamw[s]["steps_to_target"] is None for s in differences)
-            found = judge(f"{name}, {group.label}", differences, [group.entry("adamw"), group.entry(name)],
+            found = judge(f"{name} at {group.label}", differences, [group.entry("adamw"), group.entry(name)],
                           ratio=True, note=f", missed {missed}" if missed else "")
             if (found.outcome == HOLDS and missed) or (found.outcome == FAILS and reference_missed):
                 found = replace(found, outcome=NOT_SHOWN, reason="a missed target bounds the interval")
@@ -290,7 +289,7 @@ def claim_b(studies: Sequence[Study]) -> list[Comparison]:
             at_large = paired(large.at_best("adamw"), large.at_best(name), final_loss)
             growth = {seed: at_small[seed] - at_large[seed] for seed in sorted(at_small.keys() & at_large.keys())}
             entries = [g.entry(o) for g in (small, large) for o in ("adamw", name)]
-            comparisons.append(judge(f"{name}, {small.label} vs {large.label}", growth, entries))
+            comparisons.append(judge(f"{name} at {small.label} vs {large.label}", growth, entries))
     return comparisons
 
 
@@ -351,7 +350,7 @@ def claim_c(groups: Sequence[Group]) -> list[Comparison]:
             room = headroom_outcome(headroom(focus), headroom(entries[other]))
             ratios = set.intersection(*({_ratio_key(lr, e["best_learning_rate"]) for lr in e["learning_rates"]}
                                         for e in (focus, entries[other])))
-            where = f"focus vs {other}, {group.label}"
+            where = f"focus vs {other} at {group.label}"
             text = f"headroom {_headroom_text(headroom(focus))} vs {_headroom_text(headroom(entries[other]))}"
             if len(ratios) < MIN_SHARED_RATIOS:
                 sensitivity = Comparison(where, f"grids share {len(ratios)} LR ratios", NOT_SHOWN,
@@ -405,8 +404,7 @@ def claim_d(groups: Sequence[Group]) -> list[Comparison]:
 
 
 def claim_e(groups: Sequence[Group]) -> list[Comparison]:
-    return loss_comparisons(groups, [("foco", "focus")], margin=EQUIVALENCE_MARGIN,
-                            label=lambda first, second, group: group.label)
+    return loss_comparisons(groups, [("foco", "focus")], margin=EQUIVALENCE_MARGIN)
 
 
 def claim_f(studies: Sequence[Study]) -> list[Comparison]:

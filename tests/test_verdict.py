@@ -136,7 +136,7 @@ def test_f_a_paired_interval_decides_where_the_unpaired_rule_could_not():
         rows += rows_of("adamw", [s + 0.3 for s in seeds], group=group, steps=steps)
     study = verdict.study_from_summary("noise", summary(rows, tokens={"bx1": 512, "bx8": 4096}))
     comparisons = verdict.claim_f([study])
-    assert [c.where for c in comparisons] == ["kfac − fop, noise 4096 tok/step", "adamw − fop, noise 4096 tok/step"]
+    assert [c.where for c in comparisons] == ["kfac − fop at noise 4096 tok/step", "adamw − fop at noise 4096 tok/step"]
     assert [c.outcome for c in comparisons] == [verdict.HOLDS, verdict.HOLDS]
     # Only a study whose groups share a token budget at different batch sizes has a "largest batch".
     for r in rows:
@@ -156,13 +156,13 @@ def test_a_per_comparison_verdicts_where_the_old_rule_failed_the_whole_claim():
                      row("foco", seed, 4.9, group=group, to_target=None if seed == 3 else steps * 0.8)]
     comparisons = verdict.claim_a(groups_of(rows, tokens={"g1": 512, "g2": 4096}))
     assert {c.where: c.outcome for c in comparisons} == {
-        "focus, s 512 tok/step": "holds", "foco, s 512 tok/step": "not shown",
-        "focus, s 4096 tok/step": "holds", "foco, s 4096 tok/step": "not shown"}
+        "focus at s 512 tok/step": "holds", "foco at s 512 tok/step": "not shown",
+        "focus at s 4096 tok/step": "holds", "foco at s 4096 tok/step": "not shown"}
     ratios = [math.log(1 / (0.8 * (1 + 0.01 * s))) for s in range(4)]  # AdamW's steps / FOCUS's, per seed
     assert comparisons[0].measured.startswith(f"{math.exp(statistics.fmean(ratios)):.2f}x [")
     assert "missed 1" in comparisons[1].measured
-    assert verdict.verdict(comparisons) == ("mixed: holds in focus, s 512 tok/step, focus, s 4096 tok/step; "
-                                            "not shown in foco, s 512 tok/step, foco, s 4096 tok/step")
+    assert verdict.verdict(comparisons) == ("mixed: holds in focus at s 512 tok/step, focus at s 4096 tok/step; "
+                                            "not shown in foco at s 512 tok/step, foco at s 4096 tok/step")
 
 
 def test_a_missed_target_cannot_make_a_claim_hold():
