@@ -256,7 +256,8 @@ def write_report(study_name: str, runs: Sequence[RunLog], output_dir: Path, opti
              "`hf_foco.trainer.spikes`). **Loss spike**: a logged train loss with a z-score > "
              f"{config.spike_zscore:g} against the {config.spike_window} logged losses before it (the same rule "
              "as the monitor).",
-             "- **Best LR**: the lowest seed-mean final eval loss among the LRs where no seed diverged; *(edge)* "
+             "- **Best LR**: the lowest final eval loss, averaged over the seeds that ran at every LR of the grid, "
+             "among the LRs where no seed diverged (seeds added at the best LR only do not move it); *(edge)* "
              "when it is the smallest or largest LR of a grid of several (unbracketed: the optimum may lie beyond); "
              "an optimizer run at one given LR has no grid and no mark.",
              "- **Final eval loss**: mean ± sample std [min, max] over seeds at the best LR.",
