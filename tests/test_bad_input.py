@@ -37,7 +37,7 @@ import torch
 from helpers import REPO, short_args, tiny_gpt2
 from transformers import TrainerCallback
 
-import hf_foco.valley
+import hf_foco.valley.experiment
 from hf_foco.cli import main as cli_main
 from hf_foco.data.corpus import local_corpus
 from hf_foco.optim import create_optimizer
@@ -209,12 +209,17 @@ CASES = [
     Case("push_without_network", push_offline, EXIT,
          r"HF_HUB_OFFLINE=1 forbids network access\. The local run is unchanged \(train without --push_to_hub to keep "
          r"it local\); on a machine with network access run `hf-foco push"),
-    # Resuming with other settings than the checkpoint's (issue 11, #4, #5, #7): refused, naming each change.
+    # Resuming with other settings than the checkpoint's: refused, naming each change.
     Case("changed_optimizer", lambda c: c.main("--max_steps", "4", "--optim", "focus"), EXIT,
          r"checkpoint-2 was saved by another optimizer than this run's \(.*name: 'foco' -> 'focus'.*\).* pass "
          r"--reset_optimizer_state true"),
     Case("changed_learning_rate", lambda c: c.main("--max_steps", "4", "--learning_rate", "0.0123"), EXIT,
          r"another optimizer than this run's \(lr: [0-9.e-]+ -> 0\.0123\)"),
+    Case("changed_learning_rate_and_scheduler",  # two sections at once: both named in one refusal
+         lambda c: c.main("--max_steps", "4", "--learning_rate", "0.0123", "--lr_scheduler_type", "constant"), EXIT,
+         r"checkpoint-2 was saved by another optimizer than this run's \(lr: [0-9.e-]+ -> 0\.0123\) and with other "
+         r"settings than this run's \(training: lr_scheduler_type: 'cosine' -> 'constant'\).*Rerun with the "
+         r"checkpoint's settings.*--reset_optimizer_state true .*\(for the optimizer's change only\)"),
     Case("changed_config_overrides", lambda c: c.main("--max_steps", "4", "--config_overrides", "resid_pdrop=0.5"),
          EXIT, r"saved with other settings than this run's \(model: config_overrides: None -> 'resid_pdrop=0\.5'\)"
                r".*pass a new --output_dir \(or --overwrite_output_dir true\)"),
@@ -232,7 +237,7 @@ CASES = [
     Case("explicit_checkpoint_without_scheduler", lambda c: c.main(
         "--max_steps", "4", "--resume_from_checkpoint", str(c.out / "checkpoint-3")), EXIT,
         r"checkpoint-3 cannot be resumed from: no scheduler state", prepare=without("scheduler.pt")),
-    # Arguments transformers accepts but trains wrongly with (issue 11, bad input).
+    # Arguments transformers accepts but trains wrongly with.
     Case("native_lr_inf", lambda c: c.main("--optim", "adamw_torch", "--learning_rate", "inf"), EXIT,
          r"--learning_rate inf is not a finite number: pass one like 3e-4"),
     Case("native_lr_nan", lambda c: c.main("--optim", "adamw_torch", "--learning_rate", "nan"), EXIT,
@@ -249,7 +254,7 @@ CASES = [
          r"--max_eval_blocks 0: it must be >= 1 \(or leave it unset\)"),
     Case("zero_vocabulary", lambda c: c.main("--tokenizer_vocab_size", "0"), EXIT,
          r"--tokenizer_vocab_size 0: it must be >= 1\."),
-    # The same classes beyond the issue's list: counts, sizes and numbers that train nothing or wrongly.
+    # Counts, sizes and numbers that train nothing or wrongly.
     Case("zero_batch_size", lambda c: c.main("--per_device_train_batch_size", "0"), EXIT,
          r"--per_device_train_batch_size 0: it must be >= 1\."),
     Case("zero_save_steps", lambda c: c.main("--save_strategy", "steps", "--save_steps", "0"), EXIT,
@@ -285,10 +290,6 @@ def checkpoint(workspace):
     out = workspace["root"] / "seed_run"
     main([str(RECIPE), *short_args(out, workspace["data_keys"]), "--save_strategy", "steps", "--save_steps", "2"])
     return out / "checkpoint-2"
-
-
-def test_the_matrix_is_large_and_unique():
-    assert len(CASES) >= 15 and len({c.id for c in CASES}) == len(CASES)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
@@ -331,17 +332,17 @@ def _refuse_network(self, *args, **kwargs):
 
 
 @pytest.mark.parametrize(("repo_id", "network", "message"), [
-    ("not a repo//id", True, r"--repo-id 'not a repo//id' is not a Hub repository id \(.*\)\. Pass one like "
+    ("not a repo//id", True, r"--repo_id 'not a repo//id' is not a Hub repository id \(.*\)\. Pass one like "
                              r"'USER/NAME'\."),
     ("someone/tiny", False, r"Cannot push .* to someone/tiny: HTTPError: \[Errno -3\] Temporary failure in name "
-                            r"resolution\. Check the network, .* run `hf-foco push .* --repo-id someone/tiny` again"),
+                            r"resolution\. Check the network, .* run `hf-foco push .* --repo_id someone/tiny` again"),
 ])
 def test_push_fails_before_rewriting_the_card(saved_run, repo_id, network, message, monkeypatch, capsys):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", _refuse_network)
     monkeypatch.setattr(huggingface_hub.HfApi, "create_commit", _refuse_network)
     before = snapshot(saved_run)
-    assert cli_main(["push", str(saved_run), "--repo-id", repo_id]) == 1
+    assert cli_main(["push", str(saved_run), "--repo_id", repo_id]) == 1
     err = capsys.readouterr().err
     assert re.search(message, err) and err.count("\n") == 1, err
     assert snapshot(saved_run) == before
@@ -349,9 +350,9 @@ def test_push_fails_before_rewriting_the_card(saved_run, repo_id, network, messa
 
 def test_push_refuses_dataset_info_that_is_not_a_json_object(saved_run, capsys):
     with pytest.raises(SystemExit) as raised:
-        cli_main(["push", str(saved_run), "--repo-id", "someone/tiny", "--dataset-info", "{name: x}"])
+        cli_main(["push", str(saved_run), "--repo_id", "someone/tiny", "--dataset_info", "{name: x}"])
     assert raised.value.code == 2
-    assert "argument --dataset-info: '{name: x}' is not a JSON object: write it like" in capsys.readouterr().err
+    assert "argument --dataset_info: '{name: x}' is not a JSON object: write it like" in capsys.readouterr().err
 
 
 STUDY = f"""name: broken
@@ -401,16 +402,16 @@ def test_valley_refuses_an_out_dir_that_is_a_file_before_the_sweep(tmp_path, out
     def no_sweep(*args, **kwargs):
         raise AssertionError("the sweep started")
 
-    monkeypatch.setattr(hf_foco.valley, "sweep", no_sweep)
-    with pytest.raises(SystemExit, match=r"--out-dir .*taken.* cannot hold the CSV and plots: .*taken is a file, not "
-                                         r"a directory\. Pass another --out-dir"):
-        cli_main(["valley", "--preset", "quick", "--out-dir", str(tmp_path / out_dir)])
+    monkeypatch.setattr(hf_foco.valley.experiment, "sweep", no_sweep)
+    with pytest.raises(SystemExit, match=r"--output_dir .*taken.* cannot hold the CSV and plots: .*taken is a file, "
+                                         r"not a directory\. Pass another --output_dir"):
+        cli_main(["valley", "--preset", "quick", "--output_dir", str(tmp_path / out_dir)])
     assert (tmp_path / "taken").read_text() == "a file"
 
 
 def test_valley_refuses_an_empty_axis(tmp_path):
-    with pytest.raises(SystemExit, match=r"--n-sigma, --n-a, .* must be >= 1 .*got 0, "):
-        cli_main(["valley", "--preset", "quick", "--n-sigma", "0", "--out-dir", str(tmp_path / "v")])
+    with pytest.raises(SystemExit, match=r"--n_sigma, --n_a, .* must be >= 1 .*got 0, "):
+        cli_main(["valley", "--preset", "quick", "--n_sigma", "0", "--output_dir", str(tmp_path / "v")])
 
 
 def test_text_that_is_not_utf8_is_read_with_a_warning_that_counts_it(tmp_path, caplog):

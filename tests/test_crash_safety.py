@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -23,10 +24,11 @@ from hf_foco.optim import create_optimizer
 from hf_foco.pretrain import main as pretrain_main
 from hf_foco.trainer import FocoTrainer, FocoTrainingArguments
 from hf_foco.trainer.checkpoints import (
+    ResumePlan,
     checkpoint_problem,
-    checkpoint_to_resume,
-    clear_checkpoints,
     latest_complete_checkpoint,
+    plan_resume,
+    prepare_output_dir,
     rng_problem,
 )
 
@@ -187,14 +189,21 @@ def test_a_partial_checkpoint_is_skipped_with_a_warning_naming_it(real_checkpoin
         "checkpoint-12", "checkpoint-20", "checkpoint-4", "checkpoint-8", "checkpoint-final"]
 
 
+def _plan(output_dir, resume=None, world_size=1, overwrite=False, record=None) -> ResumePlan:
+    """plan_resume for a 100-step run with training arguments of these values and ``record`` (default: none)."""
+    args = SimpleNamespace(resume_from_checkpoint=resume, overwrite_output_dir=overwrite, world_size=world_size,
+                           reset_optimizer_state=False, max_steps=100, stability_monitor=True)
+    return plan_resume(output_dir, args, record or {})
+
+
 def test_another_world_size_resumes_with_a_warning_about_rng_streams(real_checkpoint, tmp_path, caplog):
-    """A checkpoint of a 1-process run is complete for a 2-process rerun (issue 11 #1): it is resumed, not
-    judged partial and overwritten; the warning says the random streams differ."""
+    """A checkpoint of a 1-process run is complete for a 2-process rerun: it is resumed, not judged partial and
+    overwritten; the warning says the random streams differ."""
     checkpoint = _copy(real_checkpoint, tmp_path, 2)
     assert checkpoint_problem(checkpoint) is None
     assert "rng_state_0.pth, rng_state_1.pth" in rng_problem(checkpoint, world_size=2)
     with caplog.at_level(logging.WARNING):
-        assert checkpoint_to_resume(tmp_path, world_size=2) == str(checkpoint)
+        assert _plan(tmp_path, world_size=2).checkpoint == str(checkpoint)
     assert "random streams" in caplog.text
     shutil.copy(checkpoint / "rng_state.pth", checkpoint / "rng_state_0.pth")
     shutil.copy(checkpoint / "rng_state.pth", checkpoint / "rng_state_1.pth")
@@ -209,38 +218,40 @@ def test_a_finished_checkpoint_that_cannot_resume_is_never_overwritten(real_chec
     with pytest.raises(ValueError, match=r"holds checkpoint-4 \(no optimizer state .*\) of an earlier run but no "
                                          r"checkpoint to resume from, .*Pass a new --output_dir, or "
                                          r"--overwrite_output_dir true"):
-        checkpoint_to_resume(tmp_path)
+        _plan(tmp_path)
     (checkpoint / "nonfinite_next_step.json").write_text('{"nonfinite_step": 5}')  # the NaN guard's mark
     with pytest.raises(ValueError, match=r"holds checkpoint-4 \(nonfinite_next_step\.json: the step after it had "
                                          r"non-finite gradients"):
-        checkpoint_to_resume(tmp_path)
-    assert checkpoint_to_resume(tmp_path, overwrite=True) is None
-    assert clear_checkpoints(tmp_path) == ["checkpoint-4"] and not checkpoint.exists()
+        _plan(tmp_path)
+    assert _plan(tmp_path, overwrite=True) == ResumePlan(clear=True)
+    assert prepare_output_dir(ResumePlan(clear=True), tmp_path) == ["checkpoint-4"] and not checkpoint.exists()
     shutil.copy(real_checkpoint / "model.safetensors", tmp_path / "model.safetensors")
     with pytest.raises(ValueError, match=r"holds model\.safetensors"):
-        checkpoint_to_resume(tmp_path)
+        _plan(tmp_path)
 
 
 def test_only_partial_checkpoints_or_none_start_from_scratch(real_checkpoint, tmp_path):
     assert latest_complete_checkpoint(tmp_path / "missing") is None
-    assert checkpoint_to_resume(tmp_path) is None
+    assert _plan(tmp_path).checkpoint is None
     (_copy(real_checkpoint, tmp_path, 4) / "trainer_state.json").unlink()
     assert latest_complete_checkpoint(tmp_path) is None
-    assert checkpoint_to_resume(tmp_path) is None
+    assert _plan(tmp_path).checkpoint is None
 
 
-def test_resume_flag_keeps_a_path_and_resolves_latest(real_checkpoint, tmp_path):
-    assert checkpoint_to_resume(tmp_path, "/some/where/checkpoint-7") == "/some/where/checkpoint-7"
+def test_resume_flag_checks_a_path_and_resolves_latest(real_checkpoint, tmp_path):
+    with pytest.raises(ValueError, match="--resume_from_checkpoint /some/where/checkpoint-7 cannot be resumed from: "
+                                         "no such directory"):
+        _plan(tmp_path, "/some/where/checkpoint-7")
     for word in ("latest", "true", "True"):
         with pytest.raises(ValueError, match=f"--resume_from_checkpoint {word}: .* holds no complete checkpoint"):
-            checkpoint_to_resume(tmp_path, word)
+            _plan(tmp_path, word)
     checkpoint = _copy(real_checkpoint, tmp_path, 6)
-    assert checkpoint_to_resume(tmp_path, "latest") == checkpoint_to_resume(tmp_path) == str(checkpoint)
+    assert _plan(tmp_path, "latest").checkpoint == _plan(tmp_path).checkpoint == str(checkpoint)
     # An explicit path wins over the latest checkpoint.
-    assert checkpoint_to_resume(tmp_path, str(real_checkpoint)) == str(real_checkpoint)
+    assert _plan(tmp_path, str(real_checkpoint)).checkpoint == str(real_checkpoint)
 
 
-# -- end to end through the pretraining job (issue 11 #2, #3) -------------------------------------------------
+# -- end to end through the pretraining job ------------------------------------------------------------------
 
 class Steps(TrainerCallback):
     """The optimizer steps a run trained, and every loss it logged."""
@@ -306,7 +317,7 @@ def test_a_run_that_ends_diverged_exits_1_saves_nothing_of_it_and_logs_no_zero_l
     assert math.isfinite(steps.losses[1]) and all(math.isnan(steps.losses[s]) for s in (2, 3, 4)), steps.losses
 
 
-# -- the stability record and the optimizer's state across a resume (issue 11 #4, #7) ---------------------
+# -- the stability record and the optimizer's state across a resume ------------------------------------------
 
 def _poisoned(out, bad_steps, **overrides):
     args = FocoTrainingArguments(**common_args(out, optim="foco", learning_rate=3e-3, max_steps=6, logging_steps=1,

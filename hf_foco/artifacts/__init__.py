@@ -11,8 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .card import render_model_card
-from .files import (
+from ..rundir import (
     LOSS_CURVE_FILE,
     MODEL_CARD_FILE,
     RUN_INFO_FILE,
@@ -21,6 +20,7 @@ from .files import (
     read_json,
     write_json,
 )
+from .card import render_model_card
 from .plots import plot_loss_curve
 
 

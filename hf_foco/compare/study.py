@@ -47,9 +47,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..artifacts.files import read_json
 from ..hints import did_you_mean
 from ..recipe import read_recipe, read_yaml
+from ..rundir import read_json
 from .analysis import AnalysisConfig
 
 STUDY_KEYS = ("name", "recipe", "recipes", "seeds", "optimizers", "overrides", "batch_size_multipliers",
@@ -296,22 +296,3 @@ class Study:
         block = merged.get("block_size", DataArguments.block_size)
         return (merged["per_device_train_batch_size"] * merged["gradient_accumulation_steps"] * block
                 * self.world_size)
-
-    def check_runs(self) -> None:
-        """Parse one run per (group, optimizer) with the pretraining job's own parser: a key or value the job
-        rejects fails the study now, not in each of its runs."""
-        from ..pretrain import parse_args
-
-        checked = set()
-        for spec in self.runs():
-            if (spec.group, spec.optimizer) in checked:
-                continue
-            checked.add((spec.group, spec.optimizer))
-            try:
-                parse_args(spec.argv())
-            except ValueError as err:
-                raise _fail(self.path, f"run {spec.name} would fail: {err}",
-                            "Fix the study's overrides or the recipe.") from None
-            except SystemExit as exit_:  # argparse has printed its message
-                raise _fail(self.path, f"run {spec.name} would fail: invalid command line (argparse exit "
-                            f"{exit_.code}, message above)", "Fix the study's overrides or the recipe.") from None

@@ -30,8 +30,8 @@ from ..hints import did_you_mean
 from ..optim import DECAY_POLICIES, get_optimizer, is_registered, list_optimizers
 from ..optim.hyperparameters import check_by_construction, field_defaults, resolve_hyperparameters
 from ..optim.validation import check_choice
+from ..spikes import DEFAULT_WINDOW, DEFAULT_ZSCORE, check_spike_settings
 from .sharpness import DEFAULT_BATCH_SIZE, DEFAULT_ITERATIONS
-from .spikes import DEFAULT_WINDOW, DEFAULT_ZSCORE, check_spike_settings
 
 NATIVE_OPTIMIZERS: tuple[str, ...] = tuple(o.value for o in OptimizerNames)
 # transformers' own defaults for the fields this class leaves unset (None) until it knows the optimizer.
@@ -115,7 +115,7 @@ class FocoTrainingArguments(TrainingArguments):
         default=True, metadata={"help": "Log grad norm, update/weight ratio and loss spikes; skip non-finite "
                                         "updates (see hf_foco.trainer.stability)."})
     spike_window: int = field(default=DEFAULT_WINDOW, metadata={
-        "help": "Trailing logged losses the spike z-score uses (hf_foco.trainer.spikes)."})
+        "help": "Trailing logged losses the spike z-score uses (hf_foco.spikes)."})
     spike_zscore: float = field(default=DEFAULT_ZSCORE, metadata={
         "help": "A logged loss this many standard deviations above the trailing mean is a spike."})
     max_bad_steps: int = field(default=5, metadata={"help": "Stop after this many consecutive steps with "
