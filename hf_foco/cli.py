@@ -107,11 +107,11 @@ def _optimizers(args: argparse.Namespace) -> int:
 def _train(argv: list[str]) -> int:
     """``RECIPE.yaml [--key value ...]`` for the pretraining job; without a recipe, an error listing them."""
     from .pretrain import main, parse_args
-    from .recipe import RECIPE_SUFFIXES, recipe_groups
+    from .recipe import recipe_groups
 
     if argv[:1] in (["-h"], ["--help"]):
         parse_args(argv, prog="hf-foco train")  # prints the help and exits
-    if argv and argv[0].endswith(RECIPE_SUFFIXES):
+    if argv and not argv[0].startswith("-"):
         return main(argv)
     recipes = recipe_groups()
     listing = (f" Recipes: {', '.join(recipes)}." if recipes else

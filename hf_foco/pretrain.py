@@ -9,8 +9,8 @@ train, evaluate, save. Everything that can be wrong with the inputs (unknown key
 size, a resume with other settings) fails before the first step, as one line. A finished run leaves a
 safetensors checkpoint with its tokenizer, the eval loss and perplexity, the loss curve, the stability
 summary and a model card in ``output_dir``. Rerunning a command whose run was killed continues it from the
-latest complete checkpoint in ``output_dir``, or, when it was killed after its last step, finishes it
-without training.
+latest complete checkpoint in ``output_dir``, or, when it was killed after its last step, writes what it
+had not written yet, without training.
 
 ``python -m hf_foco.pretrain --check`` reads a JSON list of command lines (each ``[RECIPE.yaml, --key,
 value, ...]``) on stdin and writes, as a JSON list, why the job would refuse each (or null): how a study
@@ -32,8 +32,9 @@ from transformers import HfArgumentParser
 
 from .allocator import tune_allocator
 from .data import DataArguments, collate_blocks, prepare_lm_data
-from .models import ModelArguments, build_model, model_config, positions
+from .models import ModelArguments, build_model, model_config, positions, refuse_tokenizer_overrides
 from .recipe import describe_recipe_usage, parse_recipe_args
+from .rundir import RESUME_RECORD, write_resume_record
 
 
 def _parser(prog: str | None = None):
@@ -71,7 +72,7 @@ def check_commands(argvs: list[list[str]]) -> list[str | None]:
                 model_args, data_args, _ = parse_args(argv)
                 model_config(model_args, data_args.block_size)
             problems.append(None)
-        except (ValueError, FileNotFoundError) as err:
+        except (ValueError, OSError) as err:
             problems.append(str(err))
         except SystemExit:  # argparse has written its message
             problems.append(errors.getvalue().strip().splitlines()[-1])
@@ -95,6 +96,7 @@ def build_data_and_model(model_args: ModelArguments, data_args: DataArguments, t
             raise ValueError(f"The tokenizer has {len(tokenizer)} tokens but {model_args.model_name_or_path!r} "
                              f"only {model.config.vocab_size} embeddings: pass its own tokenizer with --tokenizer_name.")
         return data, model
+    refuse_tokenizer_overrides(model_args, tokenizer)
     config.vocab_size = len(tokenizer)
     config.bos_token_id = config.eos_token_id = tokenizer.eos_token_id
     config.pad_token_id = tokenizer.pad_token_id
@@ -135,7 +137,9 @@ def _train(trainer, plan) -> None:
     """Train from ``plan``'s checkpoint, or take up a run that already reached its last step there."""
     if plan.finished_step is not None:
         trainer.load_finished(plan.checkpoint)
-        print(f"{plan.checkpoint} is the run's last step ({plan.finished_step}): finishing it without training.")
+        print(f"Completing the run in {trainer.args.output_dir}: {plan.checkpoint} is its last step "
+              f"({plan.finished_step}), but {', '.join(plan.missing)} {'is' if len(plan.missing) == 1 else 'are'} "
+              "missing; writing them without training.")
         return
     result = trainer.train(resume_from_checkpoint=plan.checkpoint)
     trainer.log_metrics("train", result.metrics)
@@ -143,7 +147,8 @@ def _train(trainer, plan) -> None:
 
 
 def _save(trainer, metrics: dict, data, data_args: DataArguments, model_args: ModelArguments) -> dict[str, Path]:
-    """The final weights, eval results and the run's artifacts (record, loss curve, card), and the push."""
+    """The final weights, eval results, resume record and the run's artifacts (record, loss curve, card), and
+    the push."""
     from .trainer import write_run_artifacts
 
     trainer.save_model()
@@ -156,6 +161,10 @@ def _save(trainer, metrics: dict, data, data_args: DataArguments, model_args: Mo
     # Explicit, so that a fresh model from --config_name is not taken for a fine-tune of that config's model.
     card = {"finetuned_from": model_args.model_name_or_path}
     written = write_run_artifacts(trainer, dataset_info=dataset_info, **card)
+    if trainer.is_world_process_zero():
+        out = Path(trainer.args.output_dir)
+        write_resume_record(out, trainer.resume_record())  # what a rerun of the finished run compares
+        written[RESUME_RECORD] = out / RESUME_RECORD
     if trainer.args.push_to_hub:
         trainer.push_to_hub(dataset_info=dataset_info, **card)
     return written
@@ -166,11 +175,19 @@ def main(argv: list[str] | None = None, callbacks=None) -> int:
     ``TrainerCallback`` objects.
 
     Bad input (recipe, data, model, arguments, a resume that would mix settings) exits with a one-line
-    message before training starts.
+    message before training starts; so do a divergence stop and a checkpoint that cannot be written.
     """
     from transformers.utils import logging
 
-    from .trainer.checkpoints import plan_resume, prepare_output_dir, resume_record, settings_record
+    from .trainer.checkpoints import (
+        plan_resume,
+        prepare_output_dir,
+        resume_record,
+        save_failure,
+        settings_record,
+    )
+    from .trainer.stability import TrainingDivergedError
+    from .trainer.trainer import CheckpointSaveError
 
     tune_allocator()  # before the first large tensor: the training step then reuses mapped memory
     try:  # bad input fails here, before any training, as one line instead of a traceback
@@ -185,12 +202,15 @@ def main(argv: list[str] | None = None, callbacks=None) -> int:
                   f"{plan.finished_step}{where}. Raise --max_steps to train further, or pass a new --output_dir "
                   "to train again.")
             return 0
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # OSError: a file that is missing or cannot be read
         raise SystemExit(f"run_pretrain: error: {err}") from err
     trainer = make_trainer(model, data, training_args, settings, callbacks)
     if trainer.is_world_process_zero():
         prepare_output_dir(plan, training_args.output_dir)
-    _train(trainer, plan)
+    try:
+        _train(trainer, plan)
+    except (TrainingDivergedError, CheckpointSaveError) as err:
+        raise SystemExit(f"run_pretrain: error: {err}") from None
     metrics = trainer.evaluate()
     if problem := _nonfinite_result(trainer, metrics):
         monitor = trainer.stability
@@ -198,7 +218,11 @@ def main(argv: list[str] | None = None, callbacks=None) -> int:
         raise SystemExit(f"run_pretrain: error: the run diverged: {problem}. The last good checkpoint is "
                          f"{good or 'none'}. Lower --learning_rate or add warmup (--warmup_steps), and train again "
                          "in a new --output_dir.")
-    written = _save(trainer, metrics, data, data_args, model_args)
+    try:
+        written = _save(trainer, metrics, data, data_args, model_args)
+    except OSError as err:
+        raise SystemExit("run_pretrain: error: " + save_failure(training_args.output_dir, trainer.state.global_step,
+                                                                 err, what="the final model and results")) from None
     if trainer.is_world_process_zero():
         out = Path(training_args.output_dir)
         loss = metrics["eval_loss"]

@@ -22,6 +22,7 @@ TRAINING_ARGS_FILE = "training_args.json"
 RUN_INFO_FILE = "run_info.json"  # what only the live run knows: optimizer, hardware, data, card metadata
 STABILITY_FILE = "stability.json"  # the stability monitor's summary
 NONFINITE_FILE = "nonfinite.json"  # the NaN guard's stop: the first bad step and the last good checkpoint
+EARLIER_NONFINITE_FILE = "nonfinite.earlier.json"  # an earlier attempt's record, once a rerun ended well
 LOSS_CURVE_FILE = "loss_curve.png"
 MODEL_CARD_FILE = "README.md"
 WEIGHTS_FILES = ("model.safetensors", "model.safetensors.index.json")  # one of them: the final weights
@@ -31,7 +32,7 @@ TRAIN_RESULTS_FILE = "train_results.json"  # Trainer.save_metrics("train")
 ALL_RESULTS_FILE = "all_results.json"  # Trainer.save_metrics, every split together
 
 # -- files inside a checkpoint-N directory ----------------------------------------------------------------
-RESUME_RECORD = "resume_record.json"  # the settings a resume compares
+RESUME_RECORD = "resume_record.json"  # the settings a resume compares (also written beside the final weights)
 POISONED = "nonfinite_next_step.json"  # the step after this checkpoint was non-finite: never resumed from
 
 # -- keys of the Trainer's log history that hf_foco adds --------------------------------------------------
@@ -43,9 +44,12 @@ RESIDUAL_KEY = "top_hessian_eigenvalue_residual"
 NATIVE_CLASS = "transformers built-in"
 
 
-def final_files() -> tuple[str, ...]:
-    """What a finished run of the pretraining job leaves in its output directory (``WEIGHTS_FILES``: either)."""
-    return (WEIGHTS_FILES[0], EVAL_RESULTS_FILE)
+def final_files(stability: bool = True) -> tuple[str, ...]:
+    """What a finished run of the pretraining job leaves in its output directory (``WEIGHTS_FILES``: either);
+    ``stability``: the stability monitor ran, so its summary is one of them."""
+    return (WEIGHTS_FILES[0], CONFIG_FILE, EVAL_RESULTS_FILE, ALL_RESULTS_FILE, TRAINER_STATE_FILE,
+            TRAINING_ARGS_FILE, RUN_INFO_FILE, RESUME_RECORD, *((STABILITY_FILE,) if stability else ()),
+            LOSS_CURVE_FILE, MODEL_CARD_FILE)
 
 
 def missing_files(output_dir: str | Path, names: Iterable[str]) -> list[str]:
@@ -69,6 +73,12 @@ def write_json(path: str | Path, obj: Any) -> None:
     Path(path).write_text(json.dumps(obj, indent=2, default=list))
 
 
+def write_resume_record(directory: str | Path, record: dict) -> None:
+    """``directory/resume_record.json``: the settings a later resume compares (values JSON cannot hold, such
+    as dtypes, as their text)."""
+    (Path(directory) / RESUME_RECORD).write_text(json.dumps(record, indent=2, default=str))
+
+
 def unwritable_dir(path: str | Path) -> str | None:
     """Why ``path`` cannot become a directory to write in (a file is in the way, or no write permission), else
     None: checked before a job's work, not at its first write."""
@@ -78,4 +88,26 @@ def unwritable_dir(path: str | Path) -> str | None:
         return f"{existing} is a file, not a directory"
     if not os.access(existing, os.W_OK | os.X_OK):
         return f"{existing} is not writable"
+    return None
+
+
+def unwritable_run_dir(output_dir: str | Path) -> str | None:
+    """Why a run could not save into ``output_dir``, or None: the directory itself (:func:`unwritable_dir`), and
+    everything already in it that a save writes over or removes (its files, its ``checkpoint-*`` directories
+    and their files: a resumed run rewrites the checkpoints after its start, and ``--save_total_limit``
+    deletes old ones)."""
+    if problem := unwritable_dir(output_dir):
+        return problem
+    out = Path(output_dir)
+    if not out.is_dir():
+        return None
+    for path in sorted(out.iterdir()):
+        if path.is_dir() and path.name.startswith("checkpoint-"):
+            if not os.access(path, os.W_OK | os.X_OK):
+                return f"{path} is not writable"
+            files = [p for p in path.iterdir() if p.is_file()]
+        else:
+            files = [path] if path.is_file() else []
+        if bad := next((p for p in files if not os.access(p, os.W_OK)), None):
+            return f"{bad} is not writable"
     return None

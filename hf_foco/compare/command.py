@@ -33,8 +33,8 @@ def compare(study_file: str | Path, output_dir: str | Path | None = None, launch
     """Run the study in ``study_file`` (the arguments are ``hf-foco compare``'s options) and write its report.
 
     A study that cannot run (a bad file, a run the job would refuse, an output directory that cannot be
-    written) raises ``ValueError`` before any run starts; one none of whose runs finished raises
-    :class:`StudyFailed` after its report."""
+    written) raises ``ValueError`` before any run starts; one none of whose runs has finished (all failed, or
+    none run yet with ``report_only``) raises :class:`StudyFailed` after its report."""
     launcher = list(launcher or DEFAULT_LAUNCHER)
     study = Study.from_yaml(study_file, output_dir, learning_rates_from)
     # Before real runs only: the check is about this host too (bf16 recipes fail on a CPU), and a custom
@@ -53,9 +53,11 @@ def compare(study_file: str | Path, output_dir: str | Path | None = None, launch
         run_study(study, launcher, retry_failed=retry_failed, jobs=jobs, threads_per_run=threads_per_run)
     report_study(study)
     print(f"Report: {study.output_dir / 'report.md'}")
-    # A diverged learning rate is a result; a study none of whose runs finished is a broken setup.
-    runs = study.runs()
-    if runs and all((read_marker(spec) or {}).get("status") == "failed" for spec in runs):
-        raise StudyFailed(f"none of the study's {len(runs)} run(s) finished; the first one's log is "
-                          f"{runs[0].output_dir / LOG_FILE}. Fix the study's overrides or recipe, then rerun "
-                          "with --retry_failed.")
+    # A diverged learning rate is a result; a study none of whose runs finished (failed, or not run yet) has none.
+    status = {spec.name: (read_marker(spec) or {}).get("status") for spec in study.runs()}
+    if "finished" not in status.values():
+        failed = [spec for spec in study.runs() if status[spec.name] == "failed"]
+        why = (f"the first one's log is {failed[0].output_dir / LOG_FILE}. Fix the study's overrides or "
+               "recipe, then rerun with --retry_failed" if failed else
+               "run the study first (the same command without --report_only)")
+        raise StudyFailed(f"none of the study's {len(status)} run(s) finished; {why}.")

@@ -42,7 +42,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from ..distributed.wrappers import unwrap_optimizer
-from ..rundir import NONFINITE_FILE, POISONED, STABILITY_FILE
+from ..rundir import EARLIER_NONFINITE_FILE, NONFINITE_FILE, POISONED, STABILITY_FILE
 from ..spikes import DEFAULT_WINDOW, DEFAULT_ZSCORE, SpikeDetector, check_spike_settings, loss_divergence
 from .checkpoints import last_checkpoint_before
 
@@ -222,12 +222,17 @@ class StabilityCallback(TrainerCallback, ExportableState):
         }
 
     def write_summary(self, args, state) -> dict:
+        """Write ``stability.json``; when the run did not diverge, an earlier attempt's ``nonfinite.json`` in the
+        same directory is renamed ``nonfinite.earlier.json``, so no file says this run stopped."""
         # The study reports' divergence rule, on the same logs (None: the losses did not diverge).
         summary = {**self.summary(), "loss_divergence": loss_divergence(state.log_history)}
         if state.is_world_process_zero and args.output_dir:
             os.makedirs(args.output_dir, exist_ok=True)
             with open(os.path.join(args.output_dir, STABILITY_FILE), "w") as f:
                 json.dump(summary, f, indent=2)
+            stale = os.path.join(args.output_dir, NONFINITE_FILE)
+            if not self.diverged and os.path.isfile(stale):
+                os.replace(stale, os.path.join(args.output_dir, EARLIER_NONFINITE_FILE))
         return summary
 
     def state(self) -> dict:

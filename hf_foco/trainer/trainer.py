@@ -30,7 +30,6 @@ checkpoints and resume) is transformers' own. What differs:
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -43,9 +42,9 @@ from transformers.utils import logging
 from ..distributed import register_compression
 from ..distributed.wrappers import unwrap_optimizer
 from ..optim import create_optimizer, spec_of
-from ..rundir import POISONED, RESUME_RECORD, TRAINER_STATE_FILE, WALL_TIME_KEY
+from ..rundir import POISONED, TRAINER_STATE_FILE, WALL_TIME_KEY, write_resume_record
 from .arguments import is_registry_optim
-from .checkpoints import refuse_changed_settings, refuse_incomplete_resume, resume_record
+from .checkpoints import refuse_changed_settings, refuse_incomplete_resume, resume_record, save_failure
 from .evaluation import LMMetrics, preprocess_logits_for_lm_metrics
 from .record import INFER, write_run_artifacts
 from .sharpness import HessianEigenvalueCallback
@@ -75,6 +74,10 @@ def split_in_halves(inputs: dict) -> tuple[tuple[dict, float], tuple[dict, float
                 for k, v in inputs.items()}
 
     return (cut(slice(0, n // 2)), (n // 2) / n), (cut(slice(n // 2, n)), (n - n // 2) / n)
+
+
+class CheckpointSaveError(RuntimeError):
+    """A checkpoint could not be written; the message names the last good one."""
 
 
 class WallClock(TrainerCallback):
@@ -167,12 +170,15 @@ class FocoTrainer(Trainer):
         stale = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}" / POISONED
         if self.is_world_process_zero() and stale.is_file():
             stale.unlink()  # a resumed run rewrites this step with weights that did not diverge
-        super()._save_checkpoint(model, trial)
+        try:
+            super()._save_checkpoint(model, trial)
+        except OSError as err:  # a full disk, a directory made read-only: stop, naming what is still good
+            raise CheckpointSaveError(save_failure(self.args.output_dir, self.state.global_step, err)) from err
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         super()._save_optimizer_and_scheduler(output_dir)
         if self.is_world_process_zero():
-            (Path(output_dir) / RESUME_RECORD).write_text(json.dumps(self.resume_record(), indent=2, default=str))
+            write_resume_record(output_dir, self.resume_record())
 
     def _load_callback_state(self) -> None:
         """transformers restores callback state only with ``--restore_callback_states_from_checkpoint``; the

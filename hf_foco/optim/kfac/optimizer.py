@@ -56,6 +56,7 @@ from torch.optim.adamw import adamw
 from ...distributed import all_reduce_mean, refuse_sharding
 from ...tensorlist import dot
 from ..base import closure_loss
+from ..state import check_state_kind
 from ..validation import check_betas, check_lr, check_unit_interval, check_weight_decay
 from .curvature import (
     DEFAULT_EXCLUDE,
@@ -78,6 +79,14 @@ def _grad_or_zeros(p: torch.Tensor, grad: torch.Tensor | None) -> torch.Tensor:
 
 class _KroneckerOptimizer(torch.optim.Optimizer):
     """Shared machinery of FOP and K-FAC."""
+
+    # The per-parameter state it keeps: Kronecker factors, inverses and momentum of the K-FAC layers (FOP adds
+    # its β*/η*), AdamW moments of the rest. Another optimizer's state is refused on load.
+    state_names = ("A", "G", "A_inv", "G_inv", "bias_inv", "momentum_buffer", "exp_avg", "exp_avg_sq")
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        check_state_kind(self, state_dict, self.state_names)
+        super().load_state_dict(state_dict)
 
     def __init__(self, params, model: nn.Module, *, lr, momentum, adamw_lr, betas, eps, weight_decay, damping,
                  factor_ema, update_freq, dense_steps, relative_damping, normalize_update, curvature_examples,
@@ -325,6 +334,8 @@ class FOP(_KroneckerOptimizer):
     (η* ∈ [0, eta_max]). Before each ``step()`` it needs g1 − g2, the difference of the two half-batch
     gradients of :attr:`half_batch_params` (:meth:`receive_half_batch_difference`; FocoTrainer hands it over).
     """
+
+    state_names = (*_KroneckerOptimizer.state_names, "beta", "eta")
 
     def __init__(self, params, model: nn.Module, lr: float = 2e-3, momentum: float = 0.9,
                  adamw_lr: float | None = None, betas=(0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.1,
