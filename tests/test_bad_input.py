@@ -11,8 +11,8 @@ bytes and modification time, and nothing new appeared there beyond what a row de
 it can enter in two places, both in the table:
 
 * before tokenization, as a JSON-lines text column holding numbers or NaN (arrow then reads the column as
-  numbers or JSON, and tokenizing it used to crash with an AttributeError): ``nan_in_jsonl_text`` must be
-  refused with the column named, before training;
+  numbers or JSON, which the tokenizer cannot read): ``nan_in_jsonl_text`` must be refused with the column
+  named, before training;
 * as a non-finite loss during training (a token whose embedding went NaN, simulated by a callback that writes
   NaN into the embedding table at every step): the stability monitor skips those steps and, after
   ``--max_bad_steps`` of them in a row, stops the job (one line, exit 1) before anything is saved, so the

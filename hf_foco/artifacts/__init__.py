@@ -1,6 +1,6 @@
 """A finished run's output directory: its model card, loss curve and upload to the Hub.
 
-Everything here reads the directory only (the files of :mod:`.files`), never a live Trainer, so
+Everything here reads the directory only (the files of :mod:`hf_foco.rundir`), never a live Trainer, so
 ``hf-foco push`` works on a run finished long ago and nothing here imports the training stack. The
 trainer records what only the live run knows (:mod:`hf_foco.trainer.record`), then calls
 :func:`render_run`.
