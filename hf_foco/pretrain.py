@@ -12,9 +12,10 @@ summary and a model card in ``output_dir``. Rerunning a command whose run was ki
 latest complete checkpoint in ``output_dir``, or, when it was killed after its last step, writes what it
 had not written yet, without training.
 
-``python -m hf_foco.pretrain --check`` reads a JSON list of command lines (each ``[RECIPE.yaml, --key,
-value, ...]``) on stdin and writes, as a JSON list, why the job would refuse each (or null): how a study
-(:mod:`hf_foco.compare`) vets its runs before starting any, in a process of their own.
+``python -m hf_foco.pretrain RECIPE.yaml ...`` is the job too. ``python -m hf_foco.pretrain --check`` reads a
+JSON list of command lines (each ``[RECIPE.yaml, --key, value, ...]``) on stdin and writes, as a JSON list,
+why the job would refuse each (or null): how a study (:mod:`hf_foco.compare`) vets its runs before starting
+any, in a process of their own.
 """
 
 from __future__ import annotations
@@ -234,5 +235,8 @@ def main(argv: list[str] | None = None, callbacks=None) -> int:
     return 0
 
 
-if __name__ == "__main__" and sys.argv[1:] == ["--check"]:
-    json.dump(check_commands(json.load(sys.stdin)), sys.stdout)
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--check"]:
+        json.dump(check_commands(json.load(sys.stdin)), sys.stdout)
+    else:
+        sys.exit(main())
