@@ -124,3 +124,18 @@ def model_config(model_args: ModelArguments, block_size: int) -> PretrainedConfi
         raise ValueError(f"--block_size {block_size} exceeds the model's {positions(config)} positions: lower "
                          f"--block_size or raise them (e.g. --config_overrides n_positions={block_size}).")
     return config
+
+
+def refuse_tokenizer_overrides(model_args: ModelArguments, tokenizer) -> None:
+    """``--config_overrides`` of a field the job sets from the tokenizer (the vocabulary size, the special
+    ids) would be silently replaced: refuse any value other than the tokenizer's, naming the fix."""
+    overrides = _parse_overrides(model_args.config_overrides)
+    own = {"vocab_size": len(tokenizer), "bos_token_id": tokenizer.eos_token_id,
+           "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    clash = {key: value for key, value in overrides.items() if key in own and value != own[key]}
+    if clash:
+        given = ",".join(f"{k}={v}" for k, v in clash.items())
+        raise ValueError(f"--config_overrides {given}: a fresh model takes its vocabulary size and special token ids "
+                         f"from the tokenizer ({', '.join(f'{k}={own[k]}' for k in clash)}). Drop them from "
+                         "--config_overrides; for another vocabulary size, train the tokenizer with "
+                         "--tokenizer_vocab_size N, or pass one with --tokenizer_name.")

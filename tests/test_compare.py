@@ -26,8 +26,9 @@ from hf_foco.compare.analysis import (
     summarize,
 )
 from hf_foco.compare.study import Study
+from hf_foco.rundir import RESIDUAL_KEY
 from hf_foco.trainer import StabilityCallback
-from hf_foco.trainer.sharpness import RESIDUAL_KEY, lanczos_top_eigenpair, top_hessian_eigenpair
+from hf_foco.trainer.sharpness import lanczos_top_eigenpair, top_hessian_eigenpair
 
 
 def history(train: dict[int, float], evals: dict[int, float] | None = None) -> list[dict]:
@@ -266,8 +267,12 @@ def test_bad_study_files_fail_before_running(tmp_path, study, message):
         Study.from_yaml(path)
 
 
+@pytest.mark.slow
 def test_per_optimizer_recipes_and_the_pipeline_check(tmp_path):
-    """``{optimizer}`` picks each optimizer's recipe; the pipeline's parser vets one run per optimizer."""
+    """``{optimizer}`` picks each optimizer's recipe; the pipeline's parser vets one run per optimizer, in a
+    process of its own."""
+    from hf_foco.compare.runner import check_runs
+
     common = {"block_size": 8, "max_steps": 10, "learning_rate": 1.0e-3}
     (tmp_path / "adamw.yaml").write_text(yaml.safe_dump({**common, "adam_beta2": 0.95}))
     (tmp_path / "signum.yaml").write_text(yaml.safe_dump({**common, "optim_kwargs": {"momentum": 0.9}}))
@@ -277,16 +282,16 @@ def test_per_optimizer_recipes_and_the_pipeline_check(tmp_path):
                                     "output_dir": str(tmp_path / "out")}))
     study = Study.from_yaml(path)
     assert [spec.recipe.name for spec in study.runs()] == ["adamw.yaml", "signum.yaml"]
-    study.check_runs()
+    check_runs(study)
     # One recipe for both: Signum takes no betas, and the study says so before any run starts.
     path.write_text(yaml.safe_dump({"recipe": "adamw.yaml", "optimizers": optimizers,
                                     "output_dir": str(tmp_path / "out")}))
     with pytest.raises(ValueError, match="signum.* would fail: .*betas"):
-        Study.from_yaml(path).check_runs()
+        check_runs(Study.from_yaml(path))
 
 
 def test_a_crashing_run_is_recorded_and_the_study_goes_on(tmp_path):
-    from hf_foco.compare.report import report_study
+    from hf_foco.compare.command import report_study
     from hf_foco.compare.runner import run_study
 
     path = write_study(tmp_path, {"block_size": 8, "max_steps": 10}, {
@@ -320,7 +325,7 @@ json.dump(state, open(os.path.join(options["--output_dir"], "trainer_state.json"
 
 
 def test_runner_extends_grids_until_bracketed_or_the_limit_with_parallel_jobs(tmp_path):
-    from hf_foco.compare.report import report_study
+    from hf_foco.compare.command import report_study
     from hf_foco.compare.runner import current_runs, run_study
 
     path = write_study(tmp_path, {"block_size": 8, "max_steps": 20}, {

@@ -3,7 +3,7 @@
 Everything here works on plain data (a Trainer ``log_history`` list and a ``stability.json`` dict), so the
 rules can be checked on hand-made logs, independent of how the runs were produced. The rules:
 
-* **Divergence and loss spikes.** The stability monitor's rules (:mod:`hf_foco.trainer.spikes`), on the
+* **Divergence and loss spikes.** The stability monitor's rules (:mod:`hf_foco.spikes`), on the
   logged losses: a run diverged if it crashed, ended with a non-finite loss, or logged a train loss above its
   first one in the last ``late_fraction`` of its steps; a spike is a z-score above ``spike_zscore`` against
   the trailing ``spike_window`` logged losses.
@@ -42,8 +42,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..trainer.sharpness import EIGENVALUE_KEY
-from ..trainer.spikes import (
+from ..rundir import EIGENVALUE_KEY
+from ..spikes import (
     DEFAULT_LATE_FRACTION,
     DEFAULT_WINDOW,
     DEFAULT_ZSCORE,
@@ -304,7 +304,7 @@ def compare_group(rows: Sequence[dict[str, Any]], histories: dict[str, Sequence[
             "nan_guard_skips": sum(r["nan_guard_skips"] for r in own),
             "final_eval_loss": spread([r["final_eval_loss"] for r in at_best]),
             "steps_to_target": None, "tokens_to_target": None, "speedup": None, "missed": None,
-            "top_hessian_eigenvalue": seed_mean_series((histories[r["name"]] for r in at_best), EIGENVALUE_KEY),
+            EIGENVALUE_KEY: seed_mean_series((histories[r["name"]] for r in at_best), EIGENVALUE_KEY),
         }
         if reference_steps is not None and at_best:
             reached = [r for r in at_best if r["steps_to_target"] is not None]

@@ -110,6 +110,11 @@ def local_corpus(train_files: Sequence[str], validation_files: Sequence[str] | N
     if validation_files:
         data_files["validation"] = expand_files(validation_files, "--validation_files")
     builder = _builder_for([f for fs in data_files.values() for f in fs])
+    if builder == "json":  # datasets' JSON reader infers the columns from a file's first row, and has none here
+        for split, files in data_files.items():
+            if empty := next((f for f in files if not _has_content(f)), None):
+                raise ValueError(f"--{split}_files: {empty} holds no JSON rows (it is empty): add rows, one JSON "
+                                 f'object per line like {{"{text_column}": "some text"}}, or leave the file out.')
     kwargs = dict(sample_by=sample_by, encoding_errors="replace") if builder == "text" else {}
     try:
         raw = load_dataset(builder, data_files=data_files, cache_dir=cache_dir, **kwargs)
@@ -125,6 +130,12 @@ def local_corpus(train_files: Sequence[str], validation_files: Sequence[str] | N
     if validation_files:
         return raw
     return split_dataset(raw["train"], validation_fraction, "the local files", text_column)
+
+
+def _has_content(file: str) -> bool:
+    """Whether ``file`` holds anything but whitespace."""
+    with open(file, "rb") as f:
+        return any(line.strip() for line in f)
 
 
 def first_bad_json_line(files: Sequence[str]) -> str | None:
