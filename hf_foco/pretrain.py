@@ -26,7 +26,14 @@ from transformers import HfArgumentParser
 
 from .allocator import tune_allocator
 from .data import DataArguments, collate_blocks, prepare_lm_data
-from .models import ModelArguments, build_model, model_config, positions
+from .models import (
+    ModelArguments,
+    build_model,
+    fit_to_tokenizer,
+    model_config,
+    positions,
+    suppress_padded_ids,
+)
 from .recipe import describe_recipe_usage, parse_recipe_args
 
 
@@ -95,12 +102,11 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, training
             raise ValueError(f"The tokenizer has {len(tokenizer)} tokens but {model_args.model_name_or_path!r} "
                              f"only {model.config.vocab_size} embeddings: pass its own tokenizer with --tokenizer_name.")
     else:
-        config.vocab_size = len(tokenizer)
-        config.bos_token_id = config.eos_token_id = tokenizer.eos_token_id
-        config.pad_token_id = tokenizer.pad_token_id
+        fit_to_tokenizer(config, tokenizer, model_args.pad_vocab_size_to_multiple_of)
         if not data_args.tokenizer_name and positions(config):  # ours: record the context it serves
             tokenizer.model_max_length = positions(config)
         model = build_model(config, seed=training_args.seed)
+        suppress_padded_ids(model, tokenizer)
     trainer = FocoTrainer(model=model, args=training_args, train_dataset=data.train, eval_dataset=data.validation,
                           data_collator=collate_blocks, processing_class=tokenizer, callbacks=callbacks)
     return trainer, data
@@ -203,8 +209,7 @@ def main(argv: list[str] | None = None, callbacks=None) -> int:
     trainer.save_model()
     trainer.log_metrics("eval", metrics)
     trainer.save_metrics("eval", metrics)
-    dataset_info = {"name": data.source, "tokenizer": f"byte-level BPE, {len(data.tokenizer)} tokens"
-                    if not data_args.tokenizer_name else data_args.tokenizer_name,
+    dataset_info = {"name": data.source, "tokenizer": data.tokenizer_name,
                     "sequence_length": data.block_size, "train_tokens": data.train_tokens,
                     "validation_tokens": len(data.validation) * data.block_size}
     # Explicit, so that a fresh model from --config_name is not taken for a fine-tune of that config's model.
