@@ -188,8 +188,8 @@ def reuse_prepared(directory: str | os.PathLike, made_of: dict) -> dict:
     """The index of an existing prepared ``directory`` made of ``made_of``, after checking every shard's
     checksum; one made of anything else is an error naming both and the fix."""
     index = read_index(directory)
-    for part, what, key in (("tokenizer", "with another tokenizer", "name"), ("source", "from other data",
-                                                                               "description")):
+    for part, what, key in (("source", "from other data", "description"),
+                            ("tokenizer", "with another tokenizer", "name")):
         then, now = index[part], made_of[part]
         if then != now:
             raise ValueError(f"{directory} was prepared {what} than this command's: {then[key]!r} ({json.dumps(then)}), "
