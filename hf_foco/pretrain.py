@@ -25,7 +25,7 @@ import torch
 from transformers import HfArgumentParser
 
 from .allocator import tune_allocator
-from .data import DataArguments, collate_blocks, prepare_lm_data
+from .data import DataArguments, collate_blocks, prepare_lm_data, prepared_fingerprint
 from .models import (
     ModelArguments,
     build_model,
@@ -119,6 +119,8 @@ def run_settings(model_args: ModelArguments, data_args: DataArguments) -> dict:
     files = sorted({f for pattern in (data_args.train_files or []) for f in glob.glob(pattern) if os.path.isfile(f)})
     sizes = json.dumps([(f, os.path.getsize(f)) for f in files])
     data["train_files_fingerprint"] = hashlib.sha256(sizes.encode()).hexdigest()[:16]  # names and sizes
+    if data_args.prepared_data:  # the same directory prepared again is other data
+        data["prepared_data_fingerprint"] = prepared_fingerprint(data_args.prepared_data)
     return {"model": dataclasses.asdict(model_args), "data": data}
 
 

@@ -234,7 +234,7 @@ def _data_args(tmp_path, **overrides):
                   validation_files=None, sample_by="document", text_column="text", validation_fraction=0.25,
                   max_eval_blocks=None, block_size=16, tokenizer_name=None, tokenizer_vocab_size=300,
                   tokenizer_train_documents=None, data_cache_dir=str(tmp_path / "cache"), prepared_data=None,
-                  builtin_corpus="source")
+                  builtin_corpus=None)
     return SimpleNamespace(**{**fields, **overrides})
 
 

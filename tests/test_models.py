@@ -20,7 +20,7 @@ class _Sized:
 
 
 @pytest.mark.parametrize("tokens, multiple, rows", [(50257, 64, 50304), (50304, 64, 50304), (4096, 64, 4096),
-                                                     (23, 64, 64), (300, 1, 300), (301, 8, 304)])
+                                                     (23, 64, 64), (300, 1, 300), (301, None, 301), (301, 8, 304)])
 def test_the_vocabulary_is_rounded_up_to_the_multiple(tokens, multiple, rows):
     config = GPT2Config()
     fit_to_tokenizer(config, _Sized(tokens), multiple)
@@ -28,7 +28,7 @@ def test_the_vocabulary_is_rounded_up_to_the_multiple(tokens, multiple, rows):
 
 
 def test_a_multiple_below_one_is_refused():
-    with pytest.raises(ValueError, match="--pad_vocab_size_to_multiple_of 0: it must be >= 1"):
+    with pytest.raises(ValueError, match=r"--pad_vocab_size_to_multiple_of 0: it must be >= 1 \(or leave it unset\)"):
         model_config(ModelArguments(pad_vocab_size_to_multiple_of=0), block_size=16)
 
 

@@ -26,7 +26,8 @@ from hf_foco.data import (
 )
 from hf_foco.data.corpus import text_batches
 from hf_foco.data.pipeline import load_raw
-from hf_foco.pretrain import main
+from hf_foco.models import ModelArguments
+from hf_foco.pretrain import main, run_settings
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma".split()
 
@@ -150,6 +151,18 @@ def test_bad_prepared_data_fails_with_one_line_naming_the_fix(tmp_path, source, 
                   "--tokenizer_train_documents", "10"])
 
 
+def test_a_run_records_which_preparation_it_trains_on(tmp_path, source):
+    """A resume is checked against the recorded settings: the same directory prepared again from other data
+    records another fingerprint, so the resume is refused instead of mixing the two."""
+    _prepare(tmp_path, source)
+    args = DataArguments(prepared_data=str(tmp_path / "prepared"))
+    before = run_settings(ModelArguments(), args)["data"]["prepared_data_fingerprint"]
+    assert run_settings(ModelArguments(), args)["data"]["prepared_data_fingerprint"] == before
+    shutil.rmtree(tmp_path / "prepared")
+    _prepare(tmp_path, source, tokenizer_vocab_size=280)
+    assert run_settings(ModelArguments(), args)["data"]["prepared_data_fingerprint"] != before
+
+
 # -- training from prepared data ---------------------------------------------------------------------------
 
 BATCH = 4
@@ -223,7 +236,8 @@ def test_training_reads_each_epoch_in_a_seeded_order_and_resumes_without_reading
 DUMP_READS = """
 import json, os, sys
 from hf_foco.data import PreparedTokens
-from hf_foco.pretrain import main
+from hf_foco.models import ModelArguments
+from hf_foco.pretrain import main, run_settings
 reads, original = [], PreparedTokens.__getitem__
 def counting(self, i):
     if self.split == "train":

@@ -20,9 +20,10 @@ class DataArguments:
     dataset_name: str | None = field(default=None, metadata={
         "help": "A Hub dataset (needs network, or the dataset in the local cache). Unset, with no "
                 "--train_files: the built-in corpus (see --builtin_corpus)."})
-    builtin_corpus: str = field(default="source", metadata={
+    builtin_corpus: str | None = field(default=None, metadata={
         "help": "The built-in corpus used when neither --dataset_name nor --train_files is set: source (the "
-                "Python standard library's code) or prose (its docstrings and pydoc topics, in English).",
+                "Python standard library's code; also when unset) or prose (its docstrings and pydoc topics, in "
+                "English).",
         "choices": tuple(BUILTIN_CORPORA)})
     dataset_config_name: str | None = field(default=None, metadata={"help": "The Hub dataset's configuration."})
     dataset_split: str = field(default="train", metadata={"help": "The Hub split to train on."})

@@ -75,7 +75,7 @@ def load_raw(args: DataArguments) -> tuple[dict, str, str]:
         raw = local_corpus(args.train_files, args.validation_files, args.validation_fraction, args.text_column,
                            args.sample_by)
         return raw, args.text_column, f"local files {', '.join(args.train_files)}"
-    kind = args.builtin_corpus
+    kind = args.builtin_corpus or "source"
     return builtin_corpus(args.validation_fraction, kind=kind), BUILTIN_TEXT_COLUMN, BUILTIN_CORPORA[kind]
 
 
@@ -121,7 +121,8 @@ def _tokenizer(args: DataArguments, raw: dict, column: str, cache_dir: str) -> t
     return tokenizer, f"byte-level BPE, {len(tokenizer)} tokens"
 
 
-def _raw_and_tokenizer(args: DataArguments):
+def source_and_tokenizer(args: DataArguments):
+    """(raw splits, text column, source description, tokenizer, tokenizer name): what both paths start from."""
     raw, column, source = load_raw(args)
     for split in ("train", "validation"):
         check_text_column(raw[split], column, split)
@@ -135,7 +136,7 @@ def prepare_lm_data(args: DataArguments) -> LMData:
     if args.prepared_data:
         return _prepared_lm_data(args)
     cache_dir = args.data_cache_dir or default_cache_dir()
-    raw, column, source, tokenizer, tokenizer_name = _raw_and_tokenizer(args)
+    raw, column, source, tokenizer, tokenizer_name = source_and_tokenizer(args)
     validation = raw["validation"]
     if isinstance(validation, IterableDataset):  # a held-out stream is small: pack it in memory each run
         validation = pack_dataset(validation, tokenizer, column, args.block_size, desc="Packing validation")
@@ -187,7 +188,7 @@ def prepare_token_shards(args: DataArguments, prepare: PrepareArguments) -> tupl
     if args.streaming:
         raise ValueError("prepare-data tokenizes a downloaded dataset in parallel: drop --streaming (the dataset is "
                          "downloaded once into the datasets cache).")
-    raw, column, source, tokenizer, tokenizer_name = _raw_and_tokenizer(args)
+    raw, column, source, tokenizer, tokenizer_name = source_and_tokenizer(args)
     made_of = describe(tokenizer, tokenizer_name, tokenizer_fingerprint(tokenizer), source,
                        {split: raw[split]._fingerprint for split in ("train", "validation")}, column)
     if (Path(args.prepared_data) / INDEX).exists():

@@ -152,6 +152,11 @@ def read_index(directory: str | os.PathLike) -> dict:
     return index
 
 
+def prepared_fingerprint(directory: str | os.PathLike) -> str:
+    """A hash of ``directory``'s index: its source, tokenizer and every shard's checksum."""
+    return hashlib.sha256((Path(directory) / INDEX).read_bytes()).hexdigest()[:16]
+
+
 def _shard_problem(path: Path, shard: dict, itemsize: int) -> str | None:
     if not path.is_file():
         return f"{path} is missing"
