@@ -24,6 +24,7 @@ from hf_foco.data import (
     prepare_lm_data,
     prepare_token_shards,
 )
+from hf_foco.data import prepared as prepared_module
 from hf_foco.data.corpus import text_batches
 from hf_foco.data.pipeline import load_raw
 from hf_foco.models import ModelArguments
@@ -111,6 +112,30 @@ def test_a_prepared_directory_is_reused_only_for_the_same_source_and_tokenizer(t
     edited.write_text(edited.read_text() + " omega")
     with pytest.raises(ValueError, match="prepared from other data"):
         _prepare(tmp_path, source)
+
+
+def test_an_interrupted_preparation_leaves_no_directory_and_resumes_with_its_tokenization(tmp_path, source,
+                                                                                         monkeypatch):
+    finish = prepared_module._ShardWriter.finish
+
+    def killed(self):  # the last thing a preparation does: after both splits are tokenized
+        if self.split == "validation":
+            raise RuntimeError("killed while writing")
+        return finish(self)
+
+    def no_tokenizing(*args, **kwargs):
+        raise AssertionError("the cached tokenization should have been reused")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(prepared_module._ShardWriter, "finish", killed)
+        with pytest.raises(RuntimeError, match="killed"):
+            _prepare(tmp_path, source)
+    assert not (tmp_path / "prepared").exists() and list((tmp_path / "prepared.partial").glob(".tokenized-*"))
+    with monkeypatch.context() as patch:
+        patch.setattr(prepared_module, "_tokenize", no_tokenizing)
+        resumed, _ = _prepare(tmp_path, source)
+    assert not (tmp_path / "prepared.partial").exists() and not list((tmp_path / "prepared").glob(".tokenized-*"))
+    assert resumed == _prepare(tmp_path, source, name="fresh")[0]
 
 
 def _damage(path: Path, truncate: bool) -> None:
