@@ -189,8 +189,7 @@ def prepare_token_shards(args: DataArguments, prepare: PrepareArguments) -> tupl
         raise ValueError("prepare-data tokenizes a downloaded dataset in parallel: drop --streaming (the dataset is "
                          "downloaded once into the datasets cache).")
     raw, column, source, tokenizer, tokenizer_name = source_and_tokenizer(args)
-    made_of = describe(tokenizer, tokenizer_name, tokenizer_fingerprint(tokenizer), source,
-                       {split: raw[split]._fingerprint for split in ("train", "validation")}, column)
+    made_of = describe(tokenizer, tokenizer_name, source, {split: raw[split]._fingerprint for split in raw}, column)
     if (Path(args.prepared_data) / INDEX).exists():
         return reuse_prepared(args.prepared_data, made_of), True
     return write_prepared(args.prepared_data, raw, tokenizer, made_of, prepare.num_proc, prepare.shard_tokens), False

@@ -32,6 +32,8 @@ from datasets import Dataset, Features, List, Value
 from datasets.utils.tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from .tokenizer import tokenizer_fingerprint
+
 INDEX = "index.json"
 TOKENIZER_DIR = "tokenizer"
 FORMAT = "hf_foco prepared tokens"
@@ -104,10 +106,10 @@ def _write_split(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, tokenizer
     return {"documents": len(tokenized), "tokens": sum(s["tokens"] for s in shards), "shards": shards}
 
 
-def describe(tokenizer: PreTrainedTokenizerBase, tokenizer_name: str, fingerprint: str, source: str,
+def describe(tokenizer: PreTrainedTokenizerBase, tokenizer_name: str, source: str,
              source_fingerprints: Mapping[str, str], column: str) -> dict:
     """What a prepared directory is made of: the part of ``index.json`` a reuse must match."""
-    return {"tokenizer": {"name": tokenizer_name, "fingerprint": fingerprint, "size": len(tokenizer),
+    return {"tokenizer": {"name": tokenizer_name, "fingerprint": tokenizer_fingerprint(tokenizer), "size": len(tokenizer),
                           "eos_token_id": tokenizer.eos_token_id},
             "source": {"description": source, "fingerprints": dict(source_fingerprints), "text_column": column}}
 
