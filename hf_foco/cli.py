@@ -120,6 +120,28 @@ def _train(argv: list[str]) -> int:
                      f"[--key value ...]`.{listing}")
 
 
+# -- hf-foco prepare-data ----------------------------------------------------------------------------------
+
+def _prepare_data(argv: list[str]) -> int:
+    """``--prepared_data DIR`` plus the data keys of a recipe: token shards for ``train --prepared_data DIR``."""
+    from transformers import HfArgumentParser
+
+    from .data import DataArguments, PrepareArguments, prepare_token_shards
+
+    parser = HfArgumentParser((DataArguments, PrepareArguments), prog="hf-foco prepare-data",
+                              description=COMMANDS["prepare-data"].help)
+    try:
+        data_args, prepare_args = parser.parse_args_into_dataclasses(argv)
+        index, reused = prepare_token_shards(data_args, prepare_args)
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"hf-foco prepare-data: error: {err}") from err
+    splits = ", ".join(f"{split} {s['tokens']:,} tokens in {len(s['shards'])} shard(s)"
+                       for split, s in index["splits"].items())
+    print(f"{data_args.prepared_data}: {'already prepared, checked' if reused else 'prepared'}: {splits} "
+          f"({index['dtype']}, {index['tokenizer']['name']}). Train on it with --prepared_data {data_args.prepared_data}.")
+    return 0
+
+
 # -- hf-foco run -------------------------------------------------------------------------------------------
 
 def _run(argv: list[str]) -> int:
@@ -250,6 +272,9 @@ COMMANDS: dict[str, Command] = {
                           _optimizers_arguments),
     "train": Command("pretrain GPT-2 from a recipe: hf-foco train RECIPE.yaml [--key value ...] (as "
                      "scripts/run_pretrain.py)", _train),
+    "prepare-data": Command("tokenize a dataset once into token shards that training reads with --prepared_data "
+                            "DIR: hf-foco prepare-data --prepared_data DIR [--dataset_name ... | --train_files ...]",
+                            _prepare_data),
     "run": Command("run an unmodified Trainer script with every hf_foco optimizer on its --optim: hf-foco run "
                    "SCRIPT.py [args ...]", _run),
     "compare": Command("run an optimizer study (recipes x optimizers x LRs x seeds) and write its report",
@@ -263,7 +288,7 @@ COMMANDS: dict[str, Command] = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    commands = "\n".join(f"  {name:<11} {command.help}" for name, command in COMMANDS.items())
+    commands = "\n".join(f"  {name:<13} {command.help}" for name, command in COMMANDS.items())
     parser = argparse.ArgumentParser(
         prog="hf-foco", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="FOCUS, foco, FOP and sign-based optimizers for GPT-style pretraining with Hugging Face tools.",

@@ -33,7 +33,15 @@ from transformers import HfArgumentParser
 
 from .allocator import tune_allocator
 from .data import DataArguments, collate_blocks, prepare_lm_data
-from .models import ModelArguments, build_model, model_config, positions, refuse_tokenizer_overrides
+from .models import (
+    ModelArguments,
+    build_model,
+    fit_to_tokenizer,
+    model_config,
+    positions,
+    refuse_tokenizer_overrides,
+    suppress_padded_ids,
+)
 from .recipe import describe_recipe_usage, parse_recipe_args
 from .rundir import RESUME_RECORD, write_resume_record
 
@@ -98,12 +106,12 @@ def build_data_and_model(model_args: ModelArguments, data_args: DataArguments, t
                              f"only {model.config.vocab_size} embeddings: pass its own tokenizer with --tokenizer_name.")
         return data, model
     refuse_tokenizer_overrides(model_args, tokenizer)
-    config.vocab_size = len(tokenizer)
-    config.bos_token_id = config.eos_token_id = tokenizer.eos_token_id
-    config.pad_token_id = tokenizer.pad_token_id
+    fit_to_tokenizer(config, tokenizer, model_args.pad_vocab_size_to_multiple_of)
     if not data_args.tokenizer_name and positions(config):  # ours: record the context it serves
         tokenizer.model_max_length = positions(config)
-    return data, build_model(config, seed=training_args.seed)
+    model = build_model(config, seed=training_args.seed)
+    suppress_padded_ids(model, tokenizer)
+    return data, model
 
 
 def make_trainer(model, data, training_args, settings: dict, callbacks=None):
@@ -155,8 +163,7 @@ def _save(trainer, metrics: dict, data, data_args: DataArguments, model_args: Mo
     trainer.save_model()
     trainer.log_metrics("eval", metrics)
     trainer.save_metrics("eval", metrics)
-    dataset_info = {"name": data.source, "tokenizer": f"byte-level BPE, {len(data.tokenizer)} tokens"
-                    if not data_args.tokenizer_name else data_args.tokenizer_name,
+    dataset_info = {"name": data.source, "tokenizer": data.tokenizer_name,
                     "sequence_length": data.block_size, "train_tokens": data.train_tokens,
                     "validation_tokens": len(data.validation) * data.block_size}
     # Explicit, so that a fresh model from --config_name is not taken for a fine-tune of that config's model.

@@ -61,6 +61,7 @@ from transformers.trainer import OPTIMIZER_NAME, OPTIMIZER_NAME_BIN, SCHEDULER_N
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, logging
 
+from ..data.prepared import prepared_fingerprint
 from ..rundir import (
     POISONED,
     RESUME_RECORD,
@@ -241,6 +242,8 @@ def settings_record(model_args, data_args) -> dict:
     other or edited ``--train_files``) is refused instead of mixing two runs."""
     data = {k: v for k, v in dataclasses.asdict(data_args).items() if k != "data_cache_dir"}
     data["train_files_fingerprint"] = files_fingerprint(data_args.train_files)
+    if data_args.prepared_data:  # the same directory prepared again is other data
+        data["prepared_data_fingerprint"] = prepared_fingerprint(data_args.prepared_data)
     return {"model": dataclasses.asdict(model_args), "data": data}
 
 
