@@ -28,7 +28,8 @@ from hf_foco.data import prepared as prepared_module
 from hf_foco.data.corpus import text_batches
 from hf_foco.data.pipeline import load_raw
 from hf_foco.models import ModelArguments
-from hf_foco.pretrain import main, run_settings
+from hf_foco.pretrain import main
+from hf_foco.trainer.checkpoints import settings_record
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma".split()
 
@@ -181,11 +182,11 @@ def test_a_run_records_which_preparation_it_trains_on(tmp_path, source):
     records another fingerprint, so the resume is refused instead of mixing the two."""
     _prepare(tmp_path, source)
     args = DataArguments(prepared_data=str(tmp_path / "prepared"))
-    before = run_settings(ModelArguments(), args)["data"]["prepared_data_fingerprint"]
-    assert run_settings(ModelArguments(), args)["data"]["prepared_data_fingerprint"] == before
+    before = settings_record(ModelArguments(), args)["data"]["prepared_data_fingerprint"]
+    assert settings_record(ModelArguments(), args)["data"]["prepared_data_fingerprint"] == before
     shutil.rmtree(tmp_path / "prepared")
     _prepare(tmp_path, source, tokenizer_vocab_size=280)
-    assert run_settings(ModelArguments(), args)["data"]["prepared_data_fingerprint"] != before
+    assert settings_record(ModelArguments(), args)["data"]["prepared_data_fingerprint"] != before
 
 
 # -- training from prepared data ---------------------------------------------------------------------------
@@ -262,7 +263,7 @@ DUMP_READS = """
 import json, os, sys
 from hf_foco.data import PreparedTokens
 from hf_foco.models import ModelArguments
-from hf_foco.pretrain import main, run_settings
+from hf_foco.pretrain import main
 reads, original = [], PreparedTokens.__getitem__
 def counting(self, i):
     if self.split == "train":
