@@ -262,7 +262,6 @@ def test_training_reads_each_epoch_in_a_seeded_order_and_resumes_without_reading
 DUMP_READS = """
 import json, os, sys
 from hf_foco.data import PreparedTokens
-from hf_foco.models import ModelArguments
 from hf_foco.pretrain import main
 reads, original = [], PreparedTokens.__getitem__
 def counting(self, i):
