@@ -221,20 +221,36 @@ COMPRESSION_HOOKS: dict[str, Callable[..., Hook]] = {
 }
 
 
-def register_compression(ddp_model: torch.nn.Module, name: str,
+def find_ddp(model: torch.nn.Module) -> torch.nn.parallel.DistributedDataParallel | None:
+    """The DistributedDataParallel module ``model`` is, or wraps through ``torch.compile``, or None.
+
+    accelerate compiles a model after wrapping it in DDP (``--torch_compile``), so a Trainer's training step
+    receives the compiled wrapper (an ``OptimizedModule``) with the DDP module under ``_orig_mod``. Hooks
+    registered on that DDP module run under the compiled model: dynamo splits the backward at DDP's bucket
+    boundaries and the reducer calls the hook for each bucket.
+    """
+    while model is not None and not isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = getattr(model, "_orig_mod", None)
+    return model
+
+
+def register_compression(model: torch.nn.Module, name: str,
                          process_group: dist.ProcessGroup | None = None, **options) -> CompressionState:
     """Register the gradient compression hook ``name`` on a DDP model and return its state (counters).
 
-    Call it once, after wrapping the model in DistributedDataParallel (after ``accelerator.prepare``) and
-    before the first backward. ``options`` go to the hook's factory (PowerSGD's settings).
+    ``model`` is the DistributedDataParallel module or its ``torch.compile`` wrapper (:func:`find_ddp`).
+    Call it once, after wrapping the model (after ``accelerator.prepare``) and before the first backward.
+    ``options`` go to the hook's factory (PowerSGD's settings).
     """
     if name not in COMPRESSION_HOOKS:
         raise ValueError(f"Unknown gradient compression {name!r}.{did_you_mean(name, COMPRESSION_HOOKS)} "
                          f"Choose one of: {', '.join(COMPRESSION_HOOKS)}.")
-    if not isinstance(ddp_model, torch.nn.parallel.DistributedDataParallel):
+    ddp_model = find_ddp(model)
+    if ddp_model is None:
         raise TypeError(f"Gradient compression {name!r} is a DDP communication hook, but the model is a "
-                        f"{type(ddp_model).__name__}. It needs a multi-process DistributedDataParallel run "
-                        "(accelerate launch --multi_gpu ...); FSDP and single-process runs have no DDP hook.")
+                        f"{type(model).__name__} with no DistributedDataParallel module in it. It needs a "
+                        "multi-process DistributedDataParallel run (accelerate launch --multi_gpu ...); FSDP and "
+                        "single-process runs have no DDP hook.")
     state = CompressionState(name=name, process_group=process_group)
     ddp_model.register_comm_hook(state, COMPRESSION_HOOKS[name](state, **options))
     return state

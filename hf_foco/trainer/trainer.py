@@ -41,7 +41,7 @@ from transformers.loss.loss_utils import ForCausalLMLoss
 from transformers.trainer import SCHEDULER_NAME
 from transformers.utils import logging
 
-from ..distributed import register_compression
+from ..distributed import all_finite, find_ddp, register_compression
 from ..optim import create_optimizer, spec_of
 from .arguments import is_registry_optim
 from .checkpoints import (
@@ -147,7 +147,7 @@ class FocoTrainer(Trainer):
         if name is None or self._compression_checked:
             return
         self._compression_checked = True
-        if self.args.world_size == 1 and not isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        if self.args.world_size == 1 and find_ddp(model) is None:
             logger.warning(f"--gradient_compression {name} has no effect in a single-process run (nothing is "
                            "communicated); launch with several processes under DDP to use it.")
             return
@@ -174,8 +174,7 @@ class FocoTrainer(Trainer):
         last checkpoint stays the last good state (:mod:`.stability`)."""
         monitor = self.stability
         bad = monitor is not None and monitor.consecutive_bad > 0
-        params = [p.detach() for p in self.model.parameters()]
-        if bad or (params and not torch.isfinite(torch.stack([n.float() for n in torch._foreach_norm(params)])).all()):
+        if bad or not all_finite([p.detach() for p in self.model.parameters()]):
             logger.warning(f"Not saving a checkpoint at step {self.state.global_step}: "
                            f"{'the step was skipped as non-finite' if bad else 'the weights are not finite'}.")
             return
@@ -250,7 +249,7 @@ class FocoTrainer(Trainer):
 
     def _half_batch_step(self, optimizer, model, inputs, num_items_in_batch) -> torch.Tensor:
         """Two forwards and backwards, one per half, each into its own gradient buffer (module docstring)."""
-        if isinstance(model, torch.nn.parallel.DistributedDataParallel) and model.gradient_as_bucket_view:
+        if (ddp := find_ddp(model)) is not None and ddp.gradient_as_bucket_view:
             raise ValueError("The half-batch step swaps p.grad between two buffers, which DDP's "
                              "gradient_as_bucket_view=True forbids: leave gradient_as_bucket_view off.")
         params = optimizer.half_batch_params
