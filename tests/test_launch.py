@@ -17,8 +17,9 @@ import pytest
 import torch
 import yaml
 from accelerate.commands.launch import _validate_launch_command, launch_command_parser
-from helpers import REPO, short_args
+from helpers import REPO, SEQ, common_args, short_args, text_dataset, tiny_gpt2
 
+from hf_foco.trainer import FocoTrainer, FocoTrainingArguments
 from hf_foco.trainer.batch import derive_accumulation
 
 CONFIGS = REPO / "recipes" / "accelerate_configs"
@@ -73,6 +74,18 @@ def test_a_batch_that_does_not_divide_is_refused_naming_the_numbers():
     args = batch_args(2, 16, None, accumulation=8)
     derive_accumulation(args, block_size=1024)  # unset: the accumulation stays as given
     assert args.gradient_accumulation_steps == 8
+
+
+def test_any_script_with_tokens_per_step_trains_exactly_that_batch(tmp_path):
+    """Outside the pretraining job nothing derives the accumulation: the first micro-batch is checked."""
+    settings = common_args(tmp_path, optim="foco", max_steps=1, per_device_train_batch_size=4,
+                           tokens_per_step=2 * 4 * SEQ)
+    trainer = FocoTrainer(model=tiny_gpt2(), args=FocoTrainingArguments(**settings), train_dataset=text_dataset(16))
+    with pytest.raises(ValueError, match=rf"--tokens_per_step {2 * 4 * SEQ}, but each optimizer step trains 1 "
+                                         rf"process\(es\) x 4 sequences x {SEQ} tokens x 1 accumulation steps"):
+        trainer.train()
+    args = FocoTrainingArguments(**settings, gradient_accumulation_steps=2)
+    FocoTrainer(model=tiny_gpt2(), args=args, train_dataset=text_dataset(16)).train()
 
 
 # -- two machines on localhost --------------------------------------------------------------------------------

@@ -131,7 +131,8 @@ class FocoTrainingArguments(TrainingArguments):
         default=None, metadata={"help": "Tokens per optimizer step over all processes (the global batch), for the "
                                         "pretraining job: it sets gradient_accumulation_steps to tokens_per_step / "
                                         "(processes x per_device_train_batch_size x block_size), so a recipe trains "
-                                        "the same batch on any number of GPUs (hf_foco.trainer.batch). Unset: "
+                                        "the same batch on any number of GPUs (hf_foco.trainer.batch); other scripts "
+                                        "must set the matching accumulation (checked at the first step). Unset: "
                                         "gradient_accumulation_steps as given."})
     gradient_compression: str | None = field(
         default=None, metadata={"help": "DDP gradient compression hook (multi-process DDP only): none (fp32, with "

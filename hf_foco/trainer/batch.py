@@ -9,7 +9,8 @@ llm.c and build-nanogpt). What one process can hold is ``per_device_train_batch_
 so a recipe that states ``tokens_per_step`` trains the same batch on 1, 2 or 8 GPUs: the job derives the
 accumulation from the world size it was launched with (a fixed accumulation would multiply the batch by
 the number of GPUs). A batch that does not divide is refused, naming the numbers and the per-device batch
-sizes that would divide it.
+sizes that would divide it. Whatever script sets ``--tokens_per_step``, ``FocoTrainer`` checks the first
+micro-batch against it (:func:`check_tokens_per_step`), so the stated batch is the one trained.
 """
 
 from __future__ import annotations
@@ -41,3 +42,19 @@ def derive_accumulation(args, block_size: int) -> None:
                          f"--tokens_per_step {tokens}, which needs {steps} on {world} process(es) x {per_device} "
                          f"sequences x {block_size} tokens: drop --gradient_accumulation_steps (it is derived).")
     args.gradient_accumulation_steps = steps
+
+
+def check_tokens_per_step(args, inputs: dict) -> None:
+    """Refuse to train when ``args.tokens_per_step`` is set and a micro-batch of ``inputs`` (this process's
+    ``input_ids``) does not add up to it over the processes and the accumulation steps."""
+    tokens, ids = getattr(args, "tokens_per_step", None), inputs.get("input_ids")
+    if tokens is None or ids is None:
+        return
+    sequences, length = ids.shape[0], ids.shape[-1]
+    trained = args.world_size * sequences * length * args.gradient_accumulation_steps
+    if trained != tokens:
+        raise ValueError(f"--tokens_per_step {tokens}, but each optimizer step trains {args.world_size} process(es) x "
+                         f"{sequences} sequences x {length} tokens x {args.gradient_accumulation_steps} accumulation "
+                         f"steps = {trained} tokens. The pretraining job (hf-foco train, scripts/run_pretrain.py) "
+                         "derives the accumulation from --tokens_per_step; elsewhere set --gradient_accumulation_steps "
+                         "to match it, or drop --tokens_per_step.")

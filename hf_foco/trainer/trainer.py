@@ -44,6 +44,7 @@ from transformers.utils import logging
 from ..distributed import all_finite, find_ddp, register_compression
 from ..optim import create_optimizer, spec_of
 from .arguments import is_registry_optim
+from .batch import check_tokens_per_step
 from .checkpoints import (
     POISONED,
     RESUME_RECORD,
@@ -125,6 +126,7 @@ class FocoTrainer(Trainer):
         self._half_shares = [0.0, 0.0]  # each half's share of the step's loss weight so far
         self.compression = None  # the CompressionState once the hook is registered
         self._compression_checked = False
+        self._batch_checked = False
         if not self._loss_shifts_labels and getattr(self.model, "loss_function", None) is ForCausalLMLoss:
             # A config-built causal LM has loss_type None, so Trainer counts the unshifted labels and divides
             # the summed loss by T tokens per sequence instead of T-1: every reported loss would be (T-1)/T
@@ -226,6 +228,9 @@ class FocoTrainer(Trainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         self._register_compression(model)
+        if not self._batch_checked:
+            self._batch_checked = True
+            check_tokens_per_step(self.args, inputs)
         optimizer = unwrap_optimizer(self.optimizer)
         spec = spec_of(optimizer)
         if spec is None or not (spec.needs_layer_hooks or spec.needs_half_batch_grads):
