@@ -11,7 +11,7 @@
 # the script exits 1 if any part failed. Logs and results: OUT_DIR (default runs/gpu_smoke)/<part>/.
 #
 #   scripts/gpu_smoke.sh [OUT_DIR]             # on a machine with a CUDA GPU
-#   scripts/gpu_smoke.sh --dry-run [OUT_DIR]   # the same parts on the CPU with a tiny model, in about a minute
+#   scripts/gpu_smoke.sh --dry-run [OUT_DIR]   # the same parts on the CPU with a tiny model, uncompiled
 #                                              # (tests/test_gpu_smoke.py runs it, so the script cannot rot)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -23,11 +23,11 @@ mkdir -p "$OUT"
 
 if (( DRY )); then
   # gpt2-nano with one layer, 4 x 64 tokens per step of 4 distinct sequences, in fp32 on the CPU (bf16 matrix
-  # products are emulated there, ~100x slower); only the foco part compiles (the part whose compile count is
-  # checked; a compilation costs tens of seconds on a CPU).
+  # products are emulated there, ~100x slower), without torch_compile (a compilation costs tens of seconds on
+  # a CPU; tests/test_ddp_launch.py trains compiled models on the CPU).
   TRAIN=(--model gpt2-nano --config_overrides n_layer=1 --block_size 64 --per_device_train_batch_size 4
          --distinct_sequences 4 --use_cpu true --bf16 false --logging_steps 1 --warmup_steps 0 --timing_warmup 2)
-  LONG=6; SHORT=4; COMPILE_ALL=false; LR=(--learning_rate 3e-3)
+  LONG=6; SHORT=4; COMPILE=false; LR=(--learning_rate 3e-3)
   BENCH=(--device cpu --preset gpt2-nano --rounds 1 --only foco)
   SHARDED=false; LIMIT=300
 else
@@ -36,7 +36,7 @@ else
     exit 2
   fi
   TRAIN=(--model gpt2-small --block_size 1024 --per_device_train_batch_size 16 --bf16 true --timing_warmup 10)
-  LONG=100; SHORT=20; COMPILE_ALL=true; LR=(--learning_rate 6e-4)
+  LONG=100; SHORT=20; COMPILE=true; LR=(--learning_rate 6e-4)
   BENCH=(--device cuda --rounds 5)
   SHARDED=true; LIMIT=240
 fi
@@ -54,13 +54,13 @@ part() {  # part NAME COMMAND...: run it with a time limit, log it, record its e
 
 part bench python scripts/bench_optim.py "${BENCH[@]}"
 part foco python scripts/gpu_smoke.py "${TRAIN[@]}" "${LR[@]}" --optim foco --max_steps "$LONG" \
-  --torch_compile true --output_dir "$OUT/foco"
+  --torch_compile "$COMPILE" --output_dir "$OUT/foco"
 part adamw python scripts/gpu_smoke.py "${TRAIN[@]}" "${LR[@]}" --optim adamw_torch_fused --max_steps "$LONG" \
-  --torch_compile "$COMPILE_ALL" --output_dir "$OUT/adamw"
-part fop python scripts/gpu_smoke.py "${TRAIN[@]}" --optim fop --max_steps "$SHORT" --torch_compile "$COMPILE_ALL" \
+  --torch_compile "$COMPILE" --output_dir "$OUT/adamw"
+part fop python scripts/gpu_smoke.py "${TRAIN[@]}" --optim fop --max_steps "$SHORT" --torch_compile "$COMPILE" \
   --output_dir "$OUT/fop"
 part fsdp python -m accelerate.commands.launch --config_file recipes/accelerate_configs/fsdp.yaml --num_processes 1 \
-  scripts/gpu_smoke.py "${TRAIN[@]}" "${LR[@]}" --optim foco --max_steps "$SHORT" --torch_compile "$COMPILE_ALL" \
+  scripts/gpu_smoke.py "${TRAIN[@]}" "${LR[@]}" --optim foco --max_steps "$SHORT" --torch_compile "$COMPILE" \
   --expect_sharded "$SHARDED" --output_dir "$OUT/fsdp"
 
 echo; echo "=== summary ($OUT)"

@@ -30,8 +30,7 @@ def test_the_dry_run_runs_every_part_and_reports_each_exit_status(tmp_path):
     for part, r in results.items():
         assert r["problems"] == [] and r["tokens_per_s"] > 0, part
         assert r["losses"][-1] < r["losses"][0] - 0.1, part  # the 4 repeated sequences are being learned
-        assert r["graphs_after_warmup"] == 0, part
-    assert results["foco"]["graphs_by_warmup"] > 0  # the foco part compiles (the others only on a GPU)
+        assert r["graphs_by_warmup"] == r["graphs_after_warmup"] == 0, part  # no torch_compile in a dry run
     assert not results["fsdp"]["sharded"]  # accelerate enables FSDP on GPUs only
 
 

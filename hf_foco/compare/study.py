@@ -32,9 +32,10 @@ study's ``summary.json``, taken from the group with the same tokens per step (e.
 small-batch half of a noise study).
 
 Same token budget: a batch multiplier ``m`` multiplies ``batch_size_key`` (default
-``per_device_train_batch_size``; ``tokens_per_step`` for recipes that state their global batch) by ``m`` and divides the step-counted keys (``max_steps`` must be
-divisible; ``eval_steps``, ``logging_steps``, ``save_steps`` and an integer ``warmup_steps`` are divided
-and rounded down, at least 1), so every batch size sees the same tokens and about as many evals.
+``per_device_train_batch_size``; ``tokens_per_step`` for recipes that state their global batch) by ``m``
+and divides the step-counted keys (``max_steps`` must be divisible; ``eval_steps``, ``logging_steps``,
+``save_steps`` and an integer ``warmup_steps`` are divided and rounded down, at least 1), so every batch
+size sees the same tokens and about as many evals.
 """
 
 from __future__ import annotations

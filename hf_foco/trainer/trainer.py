@@ -18,9 +18,11 @@ checkpoints and resume) is transformers' own. What differs:
   buffer divided by its share of the step's loss weight). Clipping, scheduler and ``step()`` stay the
   Trainer's.
 * ``--gradient_compression NAME``: before the first step of a multi-process DDP run the trainer registers
-  that communication hook (:func:`hf_foco.distributed.register_compression`) and adds ``comm_bytes`` and
+  that communication hook (:func:`hf_foco.distributed.register_compression`, on the DDP module also under
+  ``--torch_compile``'s wrapper) and adds ``comm_bytes`` and
   ``comm_ratio`` (bytes sent / an fp32 all-reduce's) to the logs. A single process has nothing to compress
   (a warning says so); FSDP has no DDP hook (a clear error says so).
+* ``--tokens_per_step``: the first micro-batch must add up to it (:mod:`.batch`).
 * Defaults: a :class:`StabilityCallback` (unless ``--stability_monitor false``), the top Hessian eigenvalue
   with ``--hessian_every_n_steps``, a ``wall_time_s`` stamp on every log entry, and, when no
   ``compute_metrics`` is given, next-token accuracy and perplexity from the packaged evaluate module.
