@@ -4,6 +4,7 @@ honours transformers' card arguments, and offline the push fails clearly without
 import hashlib
 import json
 import math
+import shutil
 from pathlib import Path
 
 import matplotlib.image
@@ -16,6 +17,7 @@ from huggingface_hub.repocard_data import model_index_to_eval_results
 from huggingface_hub.utils import validate_repo_id
 from transformers import TrainerCallback
 
+from hf_foco.artifacts import render_run
 from hf_foco.artifacts.push import PushError, push_run
 from hf_foco.cli import main as cli_main
 from hf_foco.trainer import FocoTrainer, FocoTrainingArguments, write_run_artifacts
@@ -56,7 +58,7 @@ def test_push_uploads_exactly_the_model_files_and_the_tensorboard_logs(run_dir, 
     push_run(out, REPO)
     assert hub.repos == [(REPO, {"private": None, "exist_ok": True, "repo_type": "model"})]
     assert hub.commits == [(REPO, sorted([*UPLOADED, *events]))]  # the Hub's "Training metrics" read the events
-    assert cli_main(["push", str(out), "--repo-id", REPO, "--private"]) == 0
+    assert cli_main(["push", str(out), "--repo_id", REPO, "--private"]) == 0
     assert hub.repos[-1][1]["private"] is True and hub.commits[-1] == (REPO, sorted([*UPLOADED, *events]))
 
 
@@ -81,6 +83,17 @@ def test_model_card_describes_the_pretraining_run(run_dir):
     assert stability["num_skipped_steps"] == 0 and stability["status"] == "ok"
 
 
+def test_a_run_that_did_not_count_tokens_reports_steps_times_batch(run_dir, tmp_path):
+    out, state = run_dir
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    saved = json.loads((copy / "trainer_state.json").read_text())
+    (copy / "trainer_state.json").write_text(json.dumps({**saved, "num_input_tokens_seen": 0}))  # counting off
+    render_run(copy)
+    card = (copy / "README.md").read_text()
+    assert f"Tokens seen: {state.num_input_tokens_seen} (steps x global batch x sequence length)" in card
+
+
 def _snapshot(folder):
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file()}
@@ -92,8 +105,8 @@ def test_offline_push_fails_clearly_and_leaves_the_run_untouched(run_dir, monkey
     before = _snapshot(out)
     with pytest.raises(PushError, match="HF_HUB_OFFLINE=1 forbids network access. The local run is unchanged"):
         push_run(out, REPO)
-    assert cli_main(["push", str(out), "--repo-id", REPO]) == 1
-    assert f"hf-foco push {out} --repo-id {REPO}" in capsys.readouterr().err
+    assert cli_main(["push", str(out), "--repo_id", REPO]) == 1
+    assert f"hf-foco push {out} --repo_id {REPO}" in capsys.readouterr().err
     # the hub library's own offline refusal is turned into the same message
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
 

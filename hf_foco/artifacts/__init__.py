@@ -1,6 +1,6 @@
 """A finished run's output directory: its model card, loss curve and upload to the Hub.
 
-Everything here reads the directory only (the files of :mod:`.files`), never a live Trainer, so
+Everything here reads the directory only (the files of :mod:`hf_foco.rundir`), never a live Trainer, so
 ``hf-foco push`` works on a run finished long ago and nothing here imports the training stack. The
 trainer records what only the live run knows (:mod:`hf_foco.trainer.record`), then calls
 :func:`render_run`.
@@ -11,8 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .card import render_model_card
-from .files import (
+from ..rundir import (
     LOSS_CURVE_FILE,
     MODEL_CARD_FILE,
     RUN_INFO_FILE,
@@ -21,6 +20,7 @@ from .files import (
     read_json,
     write_json,
 )
+from .card import render_model_card
 from .plots import plot_loss_curve
 
 # Entries of an evaluation's log that describe its speed or size, not the model's quality.
@@ -71,7 +71,13 @@ def render_run(output_dir: str | os.PathLike, dataset_info: dict | None = None,
         write_json(out / RUN_INFO_FILE, record)
     if repo_id is not None:
         record.update(repo_id=repo_id, model_name=repo_id.split("/")[-1])
-    record["results"] = _results(state)
+    record["results"] = results = _results(state)
+    length = record.get("dataset", {}).get("sequence_length")
+    if results["tokens_seen"] is None and results["steps"] and record.get("global_batch_size") and length:
+        # Not counted during training (include_num_input_tokens_seen off: the count is a host sync per
+        # micro-batch): every step trains one global batch of full sequences.
+        results["tokens_seen"] = results["steps"] * record["global_batch_size"] * length
+        results["tokens_seen_derived"] = True
     record["stability"] = read_json(out / STABILITY_FILE)
     written: dict[str, Path] = {}
     if plot_loss_curve(state.get("log_history", []), out / LOSS_CURVE_FILE, title=record.get("model_name") or ""):

@@ -17,7 +17,7 @@ import math
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .files import NATIVE_CLASS
+from ..rundir import NATIVE_CLASS
 
 
 def _fmt(value) -> str:
@@ -152,7 +152,8 @@ def render_model_card(record: dict) -> str:
                 f"steps, gradient clipping at {record.get('max_grad_norm')}",
                 f"- Steps: {res.get('steps')}; global batch: {record.get('global_batch_size')} {unit}"]
     if causal_lm or tokens:
-        training.append(f"- Tokens seen: {_fmt(tokens) if tokens else 'not recorded'}")
+        training.append(f"- Tokens seen: {_fmt(tokens) if tokens else 'not recorded'}"
+                        f"{' (steps x global batch x sequence length)' if res.get('tokens_seen_derived') else ''}")
     training += [f"- Precision: {record.get('precision')}", f"- Hardware: {record.get('hardware')}",
                  f"- Wall time: {_duration(res.get('train_runtime'))}"]
     limitations = (

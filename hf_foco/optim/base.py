@@ -13,6 +13,8 @@ from contextlib import contextmanager
 import torch
 from torch.optim import Optimizer
 
+from .state import check_state_kind
+
 # Parameter dtypes the steps keep exactly (they compute in fp32 and write back once).
 PARAM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -58,14 +60,7 @@ class ElementwiseOptimizer(Optimizer):
                     state[name] = state[name].to(self.state_dtype(name, p))
 
     def _check_same_kind(self, state_dict: dict) -> None:
-        ours = {key for group in self.param_groups for key in group if key != "params"}
-        theirs = {key for group in state_dict.get("param_groups", ()) for key in group if key != "params"}
-        names = {key for state in state_dict.get("state", {}).values() for key in state if key != "step"}
-        if theirs - ours or names - set(self.state_names) or (names and not set(self.state_names) <= names):
-            raise ValueError(
-                f"This state dict was saved by another optimizer (hyperparameters {sorted(theirs)}, state "
-                f"{sorted(names)}), not by {type(self).__name__} (hyperparameters {sorted(ours)}, state "
-                f"{sorted(self.state_names)}). Resume with the optimizer that saved it, or start its state afresh.")
+        check_state_kind(self, state_dict, self.state_names, self.state_names)
 
     def _apply(self, group: dict, params, grads, states: dict[str, list], steps: list) -> None:
         raise NotImplementedError
@@ -172,8 +167,9 @@ def scratch_chunks(rows: list[tuple[torch.Tensor, ...]], n_scratch: int):
     Yields ``(columns, scratch)``: ``columns[j]`` lists flat pieces of the rows' j-th tensors, together at
     most ``CHUNK_NUMEL`` elements (a larger tensor is cut into several pieces), and ``scratch[k]`` lists
     same-sized pieces of the k-th of ``n_scratch`` fp32 buffers. Why: on a CPU a fresh full-size temporary
-    costs more in page faults than the arithmetic on it (a 37 MB ``x.sign()`` takes 30 ms, an in-place
-    ``x.sign_()`` 1.5 ms), so a multi-tensor step runs fastest entirely in place, in reused scratch.
+    costs more in page faults than the elementwise arithmetic on it (an out-of-place ``x.sign()`` of a large
+    tensor is many times slower than the in-place ``x.sign_()``), so a multi-tensor step runs fastest
+    entirely in place, in reused scratch.
     FSDP2 DTensors are walked through their local shards (the update is elementwise).
     """
     rows = [[t.to_local() if hasattr(t, "to_local") else t for t in row] for row in rows]

@@ -18,9 +18,11 @@ checkpoints and resume) is transformers' own. What differs:
   buffer divided by its share of the step's loss weight). Clipping, scheduler and ``step()`` stay the
   Trainer's.
 * ``--gradient_compression NAME``: before the first step of a multi-process DDP run the trainer registers
-  that communication hook (:func:`hf_foco.distributed.register_compression`) and adds ``comm_bytes`` and
+  that communication hook (:func:`hf_foco.distributed.register_compression`, on the DDP module also under
+  ``--torch_compile``'s wrapper) and adds ``comm_bytes`` and
   ``comm_ratio`` (bytes sent / an fp32 all-reduce's) to the logs. A single process has nothing to compress
   (a warning says so); FSDP has no DDP hook (a clear error says so).
+* ``--tokens_per_step``: the first micro-batch must add up to it (:mod:`.batch`).
 * Defaults for every model: a :class:`StabilityCallback` (unless ``--stability_monitor false``), the top
   Hessian eigenvalue with ``--hessian_every_n_steps``, a ``wall_time_s`` stamp on every log entry.
   ``create_model_card`` / ``push_to_hub`` take transformers' arguments and write and upload a card that names
@@ -33,27 +35,21 @@ checkpoints and resume) is transformers' own. What differs:
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import torch
-from accelerate.optimizer import AcceleratedOptimizer
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer, TrainerCallback, TrainerState
 from transformers.loss.loss_utils import ForCausalLMLoss
 from transformers.trainer import SCHEDULER_NAME
 from transformers.utils import logging
 
-from ..distributed import register_compression
+from ..distributed import all_finite, find_ddp, register_compression, unwrap_optimizer
 from ..optim import create_optimizer, get_optimizer, spec_of
+from ..rundir import POISONED, TRAINER_STATE_FILE, WALL_TIME_KEY, write_resume_record
 from .arguments import is_registry_optim
-from .checkpoints import (
-    POISONED,
-    RESUME_RECORD,
-    missing_resume_files,
-    optimizer_change_message,
-    resume_differences,
-)
+from .batch import check_tokens_per_step
+from .checkpoints import refuse_changed_settings, refuse_incomplete_resume, resume_record, save_failure
 from .evaluation import LMMetrics, preprocess_logits_for_lm_metrics
 from .record import INFER, write_run_artifacts
 from .sharpness import HessianEigenvalueCallback
@@ -61,13 +57,6 @@ from .stability import StabilityCallback, monitor_of
 from .task import is_causal_lm, model_task
 
 logger = logging.get_logger(__name__)
-
-WALL_TIME_KEY = "wall_time_s"
-
-
-def unwrap_optimizer(optimizer):
-    """The torch optimizer under accelerate's wrapper (which passes no custom attribute through)."""
-    return optimizer.optimizer if isinstance(optimizer, AcceleratedOptimizer) else optimizer
 
 
 def split_in_halves(inputs: dict) -> tuple[tuple[dict, float], tuple[dict, float]]:
@@ -91,6 +80,10 @@ def split_in_halves(inputs: dict) -> tuple[tuple[dict, float], tuple[dict, float
                 for k, v in inputs.items()}
 
     return (cut(slice(0, n // 2)), (n // 2) / n), (cut(slice(n // 2, n)), (n - n // 2) / n)
+
+
+class CheckpointSaveError(RuntimeError):
+    """A checkpoint could not be written; the message names the last good one."""
 
 
 class WallClock(TrainerCallback):
@@ -132,6 +125,7 @@ class FocoTrainer(Trainer):
         self._half_shares = [0.0, 0.0]  # each half's share of the step's loss weight so far
         self.compression = None  # the CompressionState once the hook is registered
         self._compression_checked = False
+        self._batch_checked = False
         if not self._loss_shifts_labels and getattr(self.model, "loss_function", None) is ForCausalLMLoss:
             # A config-built causal LM has loss_type None, so Trainer counts the unshifted labels and divides
             # the summed loss by T tokens per sequence instead of T-1: every reported loss would be (T-1)/T
@@ -165,7 +159,7 @@ class FocoTrainer(Trainer):
         if name is None or self._compression_checked:
             return
         self._compression_checked = True
-        if self.args.world_size == 1 and not isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        if self.args.world_size == 1 and find_ddp(model) is None:
             logger.warning(f"--gradient_compression {name} has no effect in a single-process run (nothing is "
                            "communicated); launch with several processes under DDP to use it.")
             return
@@ -179,33 +173,32 @@ class FocoTrainer(Trainer):
     # -- checkpoints -----------------------------------------------------------------------------------------
 
     def resume_record(self) -> dict:
-        """What each checkpoint records to compare on resume (:func:`resume_differences`): the optimizer, the
-        batch and schedule, and the ``run_settings`` (model, data) a job sets on the trainer."""
-        record = dict(getattr(self, "run_settings", {}))
-        if hasattr(self.args, "optimizer_record"):
-            record["optimizer"] = self.args.optimizer_record()
-            record["training"] = self.args.training_record()
-        return record
+        """What each checkpoint records to compare on resume (:mod:`.checkpoints`): the optimizer, the batch and
+        schedule, and the ``run_settings`` (model and data: :func:`.checkpoints.settings_record`) a job sets on
+        the trainer."""
+        return resume_record(self.args, getattr(self, "run_settings", None))
 
     def _save_checkpoint(self, model, trial) -> None:
         """Never save a checkpoint whose step was skipped as non-finite or whose weights are not finite: the
         last checkpoint stays the last good state (:mod:`.stability`)."""
         monitor = self.stability
         bad = monitor is not None and monitor.consecutive_bad > 0
-        params = [p.detach() for p in self.model.parameters()]
-        if bad or (params and not torch.isfinite(torch.stack([n.float() for n in torch._foreach_norm(params)])).all()):
+        if bad or not all_finite([p.detach() for p in self.model.parameters()]):
             logger.warning(f"Not saving a checkpoint at step {self.state.global_step}: "
                            f"{'the step was skipped as non-finite' if bad else 'the weights are not finite'}.")
             return
         stale = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}" / POISONED
         if self.is_world_process_zero() and stale.is_file():
             stale.unlink()  # a resumed run rewrites this step with weights that did not diverge
-        super()._save_checkpoint(model, trial)
+        try:
+            super()._save_checkpoint(model, trial)
+        except OSError as err:  # a full disk, a directory made read-only: stop, naming what is still good
+            raise CheckpointSaveError(save_failure(self.args.output_dir, self.state.global_step, err)) from err
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         super()._save_optimizer_and_scheduler(output_dir)
         if self.is_world_process_zero():
-            (Path(output_dir) / RESUME_RECORD).write_text(json.dumps(self.resume_record(), indent=2, default=str))
+            write_resume_record(output_dir, self.resume_record())
 
     def _load_callback_state(self) -> None:
         """transformers restores callback state only with ``--restore_callback_states_from_checkpoint``; the
@@ -226,13 +219,8 @@ class FocoTrainer(Trainer):
         if checkpoint is None:
             return
         reset = getattr(self.args, "reset_optimizer_state", False)
-        if problem := missing_resume_files(checkpoint, need_optimizer=not reset):
-            raise ValueError(f"Checkpoint {checkpoint} has {problem}: resuming would restart the optimizer or the "
-                             "learning-rate warmup silently. Resume from a complete checkpoint, or pass "
-                             "--reset_optimizer_state true to start the optimizer state afresh on purpose.")
-        changed = resume_differences(checkpoint, {"optimizer": self.resume_record().get("optimizer")})
-        if changed and not reset:
-            raise ValueError(optimizer_change_message(checkpoint, changed["optimizer"]))
+        refuse_incomplete_resume(checkpoint, reset)
+        refuse_changed_settings(checkpoint, {"optimizer": self.resume_record().get("optimizer")}, reset)
         if not reset:
             return super()._load_optimizer_and_scheduler(checkpoint)
         logger.warning(f"--reset_optimizer_state: resuming {checkpoint}'s weights and step with a fresh optimizer "
@@ -241,10 +229,21 @@ class FocoTrainer(Trainer):
         if hasattr(self.lr_scheduler, "base_lrs"):
             self.lr_scheduler.base_lrs = [group["initial_lr"] for group in self.optimizer.param_groups]
 
+    def load_finished(self, checkpoint: str) -> None:
+        """Take up a run that already reached its last step at ``checkpoint`` without training another step: its
+        weights, its state (step and log history) and the callbacks' state, so that evaluating and saving then
+        end the run as if ``train()`` had just stopped there."""
+        self._load_from_checkpoint(checkpoint)
+        self.state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE_FILE))
+        self._load_callback_state()
+
     # -- the training step ----------------------------------------------------------------------------------
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         self._register_compression(model)
+        if not self._batch_checked:
+            self._batch_checked = True
+            check_tokens_per_step(self.args, inputs)
         optimizer = unwrap_optimizer(self.optimizer)
         spec = spec_of(optimizer)
         if spec is None or not (spec.needs_layer_hooks or spec.needs_half_batch_grads):
@@ -268,7 +267,7 @@ class FocoTrainer(Trainer):
 
     def _half_batch_step(self, optimizer, model, inputs, num_items_in_batch) -> torch.Tensor:
         """Two forwards and backwards, one per half, each into its own gradient buffer (module docstring)."""
-        if isinstance(model, torch.nn.parallel.DistributedDataParallel) and model.gradient_as_bucket_view:
+        if (ddp := find_ddp(model)) is not None and ddp.gradient_as_bucket_view:
             raise ValueError("The half-batch step swaps p.grad between two buffers, which DDP's "
                              "gradient_as_bucket_view=True forbids: leave gradient_as_bucket_view off.")
         params = optimizer.half_batch_params

@@ -5,32 +5,28 @@ Fisher F = A ⊗ G (:mod:`.curvature`), and train every other parameter (embeddi
 LayerNorms) with AdamW, as the FOP paper does for ViT. One machinery serves both: ``kfac`` is FOP with
 β* = 0 and no half-batch split (FOP's arithmetic: :mod:`.fop`).
 
-Why the defaults are what they are (issue 15: the first version did not train a GPT-2; the loss barely
-moved over a hundredfold change of ``--learning_rate``). Root causes, measured on gpt2-nano:
+The defaults make K-FAC train a GPT-2, whose curvature moves fast early in training:
 
-1. *Stale factors.* A running average with ρ = 0.05 refreshed every 10 steps kept the step-0 factors:
-   the residual stream grows from std 0.05 to 2.6 within ~10 steps, so G's mean diagonal falls ~1000×
-   and the averaged G was still dominated by step 0 at step 240. The step came out 0.5-6× off per layer
-   and drifted, so no learning rate fitted. Fix: a dense start (``dense_steps`` = 20 refreshes with ρ = 1,
-   every step), then a refresh every ``update_freq`` = 5 steps with ``factor_ema`` = 0.5.
-2. *``--learning_rate`` moved only the K-FAC layers*; the embeddings, LayerNorms and tied head stayed at a
-   fixed ``adamw_lr`` = 6e-4, which dominates a small model's first steps. Fix: ``normalize_update``
-   (default) rescales each layer's preconditioned update to RMS 1 before the momentum average
-   (EMA 0.9), so the K-FAC step has AdamW's scale and one ``lr`` serves both: ``adamw_lr=None`` means
-   "the same as ``lr``". Raw, un-normalised updates (``normalize_update=False``: SGD momentum on F⁻¹g,
-   the classic form) have another scale, so there ``adamw_lr`` must be given explicitly.
-3. *Absolute damping* means nothing while the factors' scale moves 1000×. Fix: ``relative_damping``
-   (default): λ is relative to each factor's mean eigenvalue (trace / dim), √λ·tr(A)/dim on A and
-   √λ·tr(G)/dim on G (:func:`~.curvature.damped_inverses`).
-4. *Labels sampled where no loss is taken*: a causal LM's last position has no target. The sampled Fisher
-   now uses the positions that carry loss (``loss_mask``, from the batch's labels).
+1. *Factors that track the model.* The residual stream of a freshly initialised transformer grows by
+   orders of magnitude within its first steps, and G's scale falls with it; a slow running average would
+   keep the initial factors and precondition every later step with them. So the factors start *dense*:
+   ``dense_steps`` refreshes with ρ = 1, one per step, then a refresh every ``update_freq`` steps into a
+   running average with weight ``factor_ema``.
+2. *One learning rate.* ``normalize_update`` (default) rescales each layer's preconditioned update to RMS 1
+   before the momentum average, so the K-FAC step has AdamW's scale, and the parameters outside K-FAC
+   layers (embeddings, LayerNorms, the tied head) take the same ``lr``: ``adamw_lr=None`` means "the same
+   as ``lr``", and ``--learning_rate`` moves the whole model. Raw, un-normalised updates
+   (``normalize_update=False``: SGD momentum on F⁻¹g, the classic form) have another scale, so there
+   ``adamw_lr`` must be given explicitly.
+3. *Damping relative to the factors.* An absolute λ means nothing while the factors' scale moves, so with
+   ``relative_damping`` (default) λ is relative to each factor's mean eigenvalue (trace / dim): √λ·tr(A)/dim
+   on A and √λ·tr(G)/dim on G (:func:`~.curvature.damped_inverses`).
+4. *The Fisher of the positions that carry loss.* A causal LM's last position has no target, so the sampled
+   Fisher uses the positions the batch's labels mark (``loss_mask``).
 
-Measured after the fix (gpt2-nano preset, 240 steps × 16 sequences × 128 tokens, seed 0, CPU,
-``recipes/studies/gpt2-nano-kfac.yaml``): AdamW at its best lr 4e-3 ends at eval loss 5.338; K-FAC 5.252 /
-5.187 / 5.151 / 5.150 / 5.659 at lr 2e-3 / 4e-3 / 8e-3 / 1.6e-2 / 3.2e-2 (bracketed), reaching 5.338 in
-145-155 steps; FOP at 4e-3 5.148, in 137 steps, median |β*| 0.12. Step time over a whole run: 1.20× AdamW for K-FAC,
-1.18× for FOP on a quiet 2-core machine (``scripts/bench_kfac.py``; README).
-``curvature_examples`` refreshes the factors from the first N examples of the batch only, for cost.
+``curvature_examples`` refreshes the factors from the first N examples of the batch only, for cost. How
+K-FAC and FOP compare with AdamW on the nano model, and their step time, is in the README (Benchmarks; the
+study ``recipes/studies/gpt2-nano-kfac.yaml``).
 
 Outer update: momentum on the (normalised) preconditioned direction u, then decoupled weight decay. The
 weight decay of the K-FAC groups is rescaled by ``adamw_lr / lr`` so every parameter shrinks at the AdamW
@@ -60,6 +56,7 @@ from torch.optim.adamw import adamw
 from ...distributed import all_reduce_mean, refuse_sharding
 from ...tensorlist import dot
 from ..base import closure_loss
+from ..state import check_state_kind
 from ..validation import check_betas, check_lr, check_unit_interval, check_weight_decay
 from .curvature import (
     DEFAULT_EXCLUDE,
@@ -82,6 +79,14 @@ def _grad_or_zeros(p: torch.Tensor, grad: torch.Tensor | None) -> torch.Tensor:
 
 class _KroneckerOptimizer(torch.optim.Optimizer):
     """Shared machinery of FOP and K-FAC."""
+
+    # The per-parameter state it keeps: Kronecker factors, inverses and momentum of the K-FAC layers (FOP adds
+    # its β*/η*), AdamW moments of the rest. Another optimizer's state is refused on load.
+    state_names = ("A", "G", "A_inv", "G_inv", "bias_inv", "momentum_buffer", "exp_avg", "exp_avg_sq")
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        check_state_kind(self, state_dict, self.state_names)
+        super().load_state_dict(state_dict)
 
     def __init__(self, params, model: nn.Module, *, lr, momentum, adamw_lr, betas, eps, weight_decay, damping,
                  factor_ema, update_freq, dense_steps, relative_damping, normalize_update, curvature_examples,
@@ -329,6 +334,8 @@ class FOP(_KroneckerOptimizer):
     (η* ∈ [0, eta_max]). Before each ``step()`` it needs g1 − g2, the difference of the two half-batch
     gradients of :attr:`half_batch_params` (:meth:`receive_half_batch_difference`; FocoTrainer hands it over).
     """
+
+    state_names = (*_KroneckerOptimizer.state_names, "beta", "eta")
 
     def __init__(self, params, model: nn.Module, lr: float = 2e-3, momentum: float = 0.9,
                  adamw_lr: float | None = None, betas=(0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.1,
