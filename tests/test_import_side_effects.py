@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from helpers import REPO
 
 PROBE = """
@@ -30,6 +31,7 @@ print(json.dumps({"backend": matplotlib.get_backend(), "pyplot": "matplotlib.pyp
 """
 
 
+@pytest.mark.slow
 def test_importing_and_plotting_leaves_the_matplotlib_backend_and_pyplot_alone(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "MPLBACKEND": ""}
     proc = subprocess.run([sys.executable, "-c", PROBE, str(tmp_path)], env=env, capture_output=True, text=True,
