@@ -131,11 +131,24 @@ def test_an_unmodified_trl_script_takes_every_hf_foco_optimizer_under_hf_foco_ru
     assert (out / "model.safetensors").is_file()
 
 
-def test_trl_classes_derived_before_install_keep_transformers_behaviour():
-    """TRL imported first (a notebook's order): install() cannot re-parent classes that already exist, so they
-    refuse hf_foco's names; the extension point is their way in."""
-    trl = pytest.importorskip("trl")
-    with hf_foco.installed():
-        assert not issubclass(trl.SFTTrainer, hf_foco.FocoTrainer)
-        with pytest.raises(ValueError):
-            trl.SFTConfig("unused", optim="foco")
+@pytest.mark.slow
+def test_trl_classes_derived_before_install_keep_transformers_behaviour(tmp_path):
+    """TRL imported first (a notebook's order), in a fresh interpreter: install() cannot re-parent classes that
+    already exist, so they refuse hf_foco's names; the extension point is their way in."""
+    pytest.importorskip("trl")
+    late = tmp_path / "late.py"
+    late.write_text(
+        "import json\n"
+        "from trl import SFTConfig, SFTTrainer\n"
+        "import hf_foco\n"
+        "hf_foco.install()\n"
+        "try:\n"
+        "    SFTConfig('unused', optim='foco')\n"
+        "    refused = False\n"
+        "except ValueError:\n"
+        "    refused = True\n"
+        "print(json.dumps([issubclass(SFTTrainer, hf_foco.FocoTrainer), refused]))\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, str(late)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [False, True]
