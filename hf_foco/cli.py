@@ -42,9 +42,8 @@ def _optimizers_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
-def _state_size(bytes_per_param: float | None) -> str:
-    return "Kronecker factors (per layer, not per parameter)" if bytes_per_param is None else \
-        f"{bytes_per_param:g} B/param"
+def _state_size(spec) -> str:
+    return spec.state if spec.state_bytes_per_param is None else f"{spec.state_bytes_per_param:g} B/param"
 
 
 def _optimizers(args: argparse.Namespace) -> int:
@@ -55,7 +54,9 @@ def _optimizers(args: argparse.Namespace) -> int:
             "name": spec.name,
             "class": f"{spec.cls.__module__}.{spec.cls.__qualname__}",
             "defaults": dict(spec.defaults),
+            "defaults_from": spec.defaults_from,
             "state_bytes_per_param": spec.state_bytes_per_param,
+            "state": _state_size(spec),
             "needs_half_batch_grads": spec.needs_half_batch_grads,
             "needs_layer_hooks": spec.needs_layer_hooks,
             "supports_sharded_params": spec.supports_sharded_params,
@@ -70,8 +71,8 @@ def _optimizers(args: argparse.Namespace) -> int:
     for row in rows:
         flags = [f for f in ("needs_half_batch_grads", "needs_layer_hooks", "supports_sharded_params") if row[f]]
         defaults = ", ".join(f"{k}={v}" for k, v in row["defaults"].items())
-        print(f"{row['name']:<8} {row['class']}  state: {_state_size(row['state_bytes_per_param'])}")
-        print(f"         defaults: {defaults}")
+        print(f"{row['name']:<8} {row['class']}  state: {row['state']}")
+        print(f"         defaults: {defaults}  ({row['defaults_from']})")
         print(f"         capabilities: {', '.join(flags) or '-'}")
         print(f"         {row['description']}  [{row['paper']}]")
     print("\nEach name works as --optim NAME with FocoTrainingArguments, scripts/run_pretrain.py, and any stock "

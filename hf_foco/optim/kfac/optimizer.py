@@ -5,32 +5,25 @@ Fisher F = A ⊗ G (:mod:`.curvature`), and train every other parameter (embeddi
 LayerNorms) with AdamW, as the FOP paper does for ViT. One machinery serves both: ``kfac`` is FOP with
 β* = 0 and no half-batch split (FOP's arithmetic: :mod:`.fop`).
 
-Why the defaults are what they are (issue 15: the first version did not train a GPT-2; the loss barely
-moved over a hundredfold change of ``--learning_rate``). Root causes, measured on gpt2-nano:
+Why the defaults are what they are. In a GPT-2's first steps the residual stream grows fast and G's scale
+falls by orders of magnitude, which rules out the textbook settings:
 
-1. *Stale factors.* A running average with ρ = 0.05 refreshed every 10 steps kept the step-0 factors:
-   the residual stream grows from std 0.05 to 2.6 within ~10 steps, so G's mean diagonal falls ~1000×
-   and the averaged G was still dominated by step 0 at step 240. The step came out 0.5-6× off per layer
-   and drifted, so no learning rate fitted. Fix: a dense start (``dense_steps`` = 20 refreshes with ρ = 1,
-   every step), then a refresh every ``update_freq`` = 5 steps with ``factor_ema`` = 0.5.
-2. *``--learning_rate`` moved only the K-FAC layers*; the embeddings, LayerNorms and tied head stayed at a
-   fixed ``adamw_lr`` = 6e-4, which dominates a small model's first steps. Fix: ``normalize_update``
-   (default) rescales each layer's preconditioned update to RMS 1 before the momentum average
-   (EMA 0.9), so the K-FAC step has AdamW's scale and one ``lr`` serves both: ``adamw_lr=None`` means
-   "the same as ``lr``". Raw, un-normalised updates (``normalize_update=False``: SGD momentum on F⁻¹g,
-   the classic form) have another scale, so there ``adamw_lr`` must be given explicitly.
-3. *Absolute damping* means nothing while the factors' scale moves 1000×. Fix: ``relative_damping``
-   (default): λ is relative to each factor's mean eigenvalue (trace / dim), √λ·tr(A)/dim on A and
-   √λ·tr(G)/dim on G (:func:`~.curvature.damped_inverses`).
-4. *Labels sampled where no loss is taken*: a causal LM's last position has no target. The sampled Fisher
-   now uses the positions that carry loss (``loss_mask``, from the batch's labels).
+1. *Fresh factors.* A slow running average (ρ = 0.05 every 10 steps) keeps the first steps' factors for
+   hundreds of steps, so each layer's step is off by a drifting, layer-dependent factor and no learning rate
+   fits. Hence a dense start (``dense_steps`` refreshes with ρ = 1, every step), then a refresh every
+   ``update_freq`` steps with ``factor_ema``; ``curvature_examples`` refreshes from the first N examples of
+   the batch only, for cost.
+2. *One learning rate for the whole model.* ``normalize_update`` (default) rescales each layer's
+   preconditioned update to RMS 1 before the momentum average, so the K-FAC step has AdamW's scale and one
+   ``lr`` drives both the K-FAC layers and the AdamW parameters (``adamw_lr=None``: "the same as ``lr``").
+   Raw, un-normalised updates (``normalize_update=False``: SGD momentum on F⁻¹g, the classic form) have
+   another scale, so there ``adamw_lr`` must be given explicitly.
+3. *Relative damping.* An absolute λ means nothing while the factors' scale moves: ``relative_damping``
+   (default) makes λ relative to each factor's mean eigenvalue (:func:`~.curvature.damped_inverses`).
+4. *Labels where the loss is taken*: a causal LM's last position has no target, so the sampled Fisher uses
+   the positions that carry loss (``loss_mask``, from the batch's labels).
 
-Measured after the fix (gpt2-nano preset, 240 steps × 16 sequences × 128 tokens, seed 0, CPU,
-``recipes/studies/gpt2-nano-kfac.yaml``): AdamW at its best lr 4e-3 ends at eval loss 5.338; K-FAC 5.252 /
-5.187 / 5.151 / 5.150 / 5.659 at lr 2e-3 / 4e-3 / 8e-3 / 1.6e-2 / 3.2e-2 (bracketed), reaching 5.338 in
-145-155 steps; FOP at 4e-3 5.148, in 137 steps, median |β*| 0.12. Step time over a whole run: 1.20× AdamW for K-FAC,
-1.18× for FOP on a quiet 2-core machine (``scripts/bench_kfac.py``; README).
-``curvature_examples`` refreshes the factors from the first N examples of the batch only, for cost.
+What they measure against AdamW on gpt2-nano is in the README (``recipes/studies/gpt2-nano-kfac.yaml``).
 
 Outer update: momentum on the (normalised) preconditioned direction u, then decoupled weight decay. The
 weight decay of the K-FAC groups is rescaled by ``adamw_lr / lr`` so every parameter shrinks at the AdamW
@@ -47,6 +40,11 @@ do the same by hand.
 State (factors, inverses, momentum, AdamW moments, the last β*/η*) is tensors in ``self.state``, so
 ``optimizer.pt`` loads with ``weights_only=True``. FSDP and DeepSpeed are refused: they shard or flatten
 the weight matrices the Kronecker factors act on.
+
+Precision: the factor products, damped inverses and Kronecker products, and the sampled forward and
+backward pass the factors come from, run in full fp32 (:func:`~.curvature.fp32_matmul`) whatever the
+caller asked of TF32 (transformers enables it under bf16 + ``torch_compile``): TF32's 10-bit mantissa would
+put errors of ~1e-3 into factors whose smallest eigenvalues the damping only just lifts.
 """
 
 from __future__ import annotations
@@ -80,12 +78,34 @@ def _grad_or_zeros(p: torch.Tensor, grad: torch.Tensor | None) -> torch.Tensor:
     return torch.zeros_like(p) if grad is None else grad
 
 
-class _KroneckerOptimizer(torch.optim.Optimizer):
-    """Shared machinery of FOP and K-FAC."""
+class KFAC(torch.optim.Optimizer):
+    """K-FAC (Martens & Grosse 2015) on Linear/Conv1D layers, SGD-momentum outer step, AdamW elsewhere.
 
-    def __init__(self, params, model: nn.Module, *, lr, momentum, adamw_lr, betas, eps, weight_decay, damping,
-                 factor_ema, update_freq, dense_steps, relative_damping, normalize_update, curvature_examples,
-                 max_update_norm, exclude):
+    Args:
+        params: parameters or groups (the K-FAC / AdamW split is made by layer, inside).
+        model: the module whose layers are preconditioned (FocoTrainer passes it).
+        lr: step size of the (normalised) preconditioned update, and of AdamW unless ``adamw_lr`` is given.
+        momentum: momentum on the preconditioned update (an EMA when normalised, SGD momentum when raw).
+        adamw_lr, betas, eps: AdamW for the parameters outside K-FAC layers (``adamw_lr=None``: ``lr``;
+            required when ``normalize_update=False``).
+        weight_decay: decoupled decay at the AdamW rate for every parameter (see the module docstring).
+        damping: λ; relative to each factor's mean eigenvalue with ``relative_damping`` (default), else
+            absolute with the π split (√λ·π on A, √λ/π on G).
+        factor_ema: weight ρ of a fresh factor in the running average after the dense start.
+        update_freq: refresh factors and inverses every k optimizer steps after the dense start.
+        dense_steps: refresh every step with ρ = 1 for this many first steps (the factors move fast early).
+        normalize_update: rescale each layer's preconditioned update to RMS 1 (one lr for the whole model).
+        curvature_examples: refresh the factors from the first N examples of the batch only (None: all).
+        max_update_norm: clip the total norm of the raw preconditioned update over K-FAC layers (None: off;
+            only with ``normalize_update=False``).
+        exclude: fnmatch patterns of module names left to AdamW.
+    """
+
+    def __init__(self, params, model: nn.Module, lr: float = 6e-4, momentum: float = 0.9,
+                 adamw_lr: float | None = None, betas=(0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.1,
+                 damping: float = 0.1, factor_ema: float = 0.5, update_freq: int = 5, dense_steps: int = 20,
+                 relative_damping: bool = True, normalize_update: bool = True, curvature_examples: int | None = None,
+                 max_update_norm: float | None = None, exclude: Iterable[str] = DEFAULT_EXCLUDE):
         who = type(self).__name__
         if not isinstance(model, nn.Module):
             raise TypeError(f"{who} hooks model layers: pass model=<the nn.Module being trained>.")
@@ -287,61 +307,19 @@ class _KroneckerOptimizer(torch.optim.Optimizer):
                 p.add_(buf.to(p.dtype), alpha=-group["lr"])
 
 
-class KFAC(_KroneckerOptimizer):
-    """K-FAC (Martens & Grosse 2015) on Linear/Conv1D layers, SGD-momentum outer step, AdamW elsewhere.
-
-    Args:
-        params: parameters or groups (the K-FAC / AdamW split is made by layer, inside).
-        model: the module whose layers are preconditioned (FocoTrainer passes it).
-        lr: step size of the (normalised) preconditioned update, and of AdamW unless ``adamw_lr`` is given.
-        momentum: momentum on the preconditioned update (an EMA when normalised, SGD momentum when raw).
-        adamw_lr, betas, eps: AdamW for the parameters outside K-FAC layers (``adamw_lr=None``: ``lr``;
-            required when ``normalize_update=False``).
-        weight_decay: decoupled decay at the AdamW rate for every parameter (see the module docstring).
-        damping: λ; relative to each factor's mean eigenvalue with ``relative_damping`` (default), else
-            absolute with the π split (√λ·π on A, √λ/π on G).
-        factor_ema: weight ρ of a fresh factor in the running average after the dense start.
-        update_freq: refresh factors and inverses every k optimizer steps after the dense start.
-        dense_steps: refresh every step with ρ = 1 for this many first steps (the factors move fast early).
-        normalize_update: rescale each layer's preconditioned update to RMS 1 (one lr for the whole model).
-        curvature_examples: refresh the factors from the first N examples of the batch only (None: all).
-        max_update_norm: clip the total norm of the raw preconditioned update over K-FAC layers (None: off;
-            only with ``normalize_update=False``).
-        exclude: fnmatch patterns of module names left to AdamW.
-    """
-
-    def __init__(self, params, model: nn.Module, lr: float = 2e-3, momentum: float = 0.9,
-                 adamw_lr: float | None = None, betas=(0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.1,
-                 damping: float = 0.1, factor_ema: float = 0.5, update_freq: int = 5, dense_steps: int = 20,
-                 relative_damping: bool = True, normalize_update: bool = True, curvature_examples: int | None = None,
-                 max_update_norm: float | None = None, exclude: Iterable[str] = DEFAULT_EXCLUDE):
-        super().__init__(params, model, lr=lr, momentum=momentum, adamw_lr=adamw_lr, betas=betas, eps=eps,
-                         weight_decay=weight_decay, damping=damping, factor_ema=factor_ema, update_freq=update_freq,
-                         dense_steps=dense_steps, relative_damping=relative_damping,
-                         normalize_update=normalize_update, curvature_examples=curvature_examples,
-                         max_update_norm=max_update_norm, exclude=exclude)
-
-
-class FOP(_KroneckerOptimizer):
+class FOP(KFAC):
     """Fisher-Orthogonal Projection: K-FAC plus the Fisher-orthogonal part of the half-batch difference.
 
-    Args: as :class:`KFAC`, plus ``beta_max`` (β* ∈ [−beta_max, beta_max]) and ``eta_max``
-    (η* ∈ [0, eta_max]). Before each ``step()`` it needs g1 − g2, the difference of the two half-batch
-    gradients of :attr:`half_batch_params` (:meth:`receive_half_batch_difference`; FocoTrainer hands it over).
+    Args: those of :class:`KFAC` (passed on as keywords; the registry reads the two signatures as one),
+    plus ``beta_max`` (β* ∈ [−beta_max, beta_max]) and ``eta_max`` (η* ∈ [0, eta_max]). Before each
+    ``step()`` it needs g1 − g2, the difference of the two half-batch gradients of :attr:`half_batch_params`
+    (:meth:`receive_half_batch_difference`; FocoTrainer hands it over).
     """
 
-    def __init__(self, params, model: nn.Module, lr: float = 2e-3, momentum: float = 0.9,
-                 adamw_lr: float | None = None, betas=(0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.1,
-                 damping: float = 0.1, factor_ema: float = 0.5, update_freq: int = 5, dense_steps: int = 20,
-                 relative_damping: bool = True, normalize_update: bool = True, curvature_examples: int | None = None,
-                 max_update_norm: float | None = None, exclude: Iterable[str] = DEFAULT_EXCLUDE, beta_max: float = 0.5, eta_max: float = 2.0):
+    def __init__(self, params, model: nn.Module, *, beta_max: float = 0.5, eta_max: float = 2.0, **kfac_settings):
         if not beta_max >= 0 or not eta_max > 0:
             raise ValueError(f"Invalid beta_max={beta_max!r} / eta_max={eta_max!r}: need beta_max >= 0, eta_max > 0.")
-        super().__init__(params, model, lr=lr, momentum=momentum, adamw_lr=adamw_lr, betas=betas, eps=eps,
-                         weight_decay=weight_decay, damping=damping, factor_ema=factor_ema, update_freq=update_freq,
-                         dense_steps=dense_steps, relative_damping=relative_damping,
-                         normalize_update=normalize_update, curvature_examples=curvature_examples,
-                         max_update_norm=max_update_norm, exclude=exclude)
+        super().__init__(params, model, **kfac_settings)
         self.beta_max, self.eta_max = beta_max, eta_max
         self._difference: dict[torch.Tensor, torch.Tensor] = {}
 
