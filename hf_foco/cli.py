@@ -80,6 +80,20 @@ def _optimizers(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- hf-foco build-kernels --------------------------------------------------------------------------------
+
+def _build_kernels(args: argparse.Namespace) -> int:
+    from .optim import cpu_kernels
+
+    module = cpu_kernels.build()
+    if isinstance(module, str):
+        print(f"hf-foco build-kernels: no fused CPU kernels ({module}); the optimizers take their foreach steps.",
+              file=sys.stderr)
+        return 1
+    print(f"hf_foco's fused CPU optimizer kernels are ready: {module.__file__}")
+    return 0
+
+
 # -- hf-foco train -----------------------------------------------------------------------------------------
 
 def _train(argv: list[str]) -> int:
@@ -292,6 +306,8 @@ def _valley(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Command] = {
     "optimizers": Command("list registered optimizers with defaults and capabilities", _optimizers,
                           _optimizers_arguments),
+    "build-kernels": Command("compile the fused CPU optimizer kernels now (once per machine, about a minute) "
+                             "instead of at the first optimizer step", _build_kernels, lambda parser: None),
     "train": Command("pretrain GPT-2 from a recipe: hf-foco train RECIPE.yaml [--key value ...] (as "
                      "scripts/run_pretrain.py)", _train),
     "run": Command("run an unmodified Trainer script with every hf_foco optimizer on its --optim: hf-foco run "

@@ -1,14 +1,16 @@
 """The command line as people expect it: plain-text help, the recipe first in run_pretrain's help, a missing
-recipe named as the error it is, and `hf-foco optimizers` in words."""
+recipe named as the error it is, `hf-foco optimizers` in words, and `hf-foco build-kernels`."""
 
 import re
 import runpy
 import sys
+from pathlib import Path
 
 import pytest
 from helpers import REPO, SCRIPT
 
 from hf_foco import cli
+from hf_foco.optim import cpu_kernels
 
 RST = re.compile(r"``|:(class|func|meth|mod|attr|data):`")
 
@@ -56,3 +58,27 @@ def test_optimizers_says_kronecker_factors_for_the_second_order_ones(capsys):
         assert line.endswith("state: Kronecker factors (per layer, not per parameter)")
     assert re.search(r"^foco .*state: 4 B/param$", text, flags=re.M)
     assert "`hf-foco run SCRIPT.py --optim NAME ...`" in text  # where a stock script's closed --optim list ends
+
+
+@pytest.fixture
+def fresh_kernel_build():
+    """Forget this process's kernel build (before and after), so a test builds anew."""
+    cpu_kernels.build.cache_clear()
+    yield
+    cpu_kernels.build.cache_clear()
+
+
+def test_build_kernels_says_why_it_cannot(monkeypatch, tmp_path, capsys, fresh_kernel_build):
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setattr(cpu_kernels, "extension_name", lambda: "hf_foco_cpu_failing_build")
+    with pytest.warns(UserWarning, match="compiling the fused CPU optimizer kernels"):
+        assert cli.main(["build-kernels"]) == 1
+    assert "hf-foco build-kernels: no fused CPU kernels (the build failed" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_build_kernels_builds_them_ahead_of_time(capsys, fresh_kernel_build):
+    assert cli.main(["build-kernels"]) == 0
+    path = capsys.readouterr().out.strip().split(": ", 1)[1]
+    assert Path(path).is_file() and cpu_kernels.load().__file__ == path

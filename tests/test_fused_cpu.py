@@ -157,10 +157,13 @@ def test_switched_off_kernels_warn_once_and_fall_back(monkeypatch, fresh_fallbac
 
 
 def test_a_failed_build_falls_back_with_its_reason(monkeypatch, tmp_path, fresh_fallback):
-    """No compiler: the build fails, the optimizers say why once and take the foreach step."""
+    """No compiler: the build fails, the optimizers say why once and take the foreach step. (Under its own
+    extension name: torch numbers a name's builds per process, and a second build of the real name in this
+    process would be compiled anew as ``<name>_v1``.)"""
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
-    cpu_kernels._build.cache_clear()
+    monkeypatch.setattr(cpu_kernels, "extension_name", lambda: "hf_foco_cpu_failing_build")
+    cpu_kernels.build.cache_clear()
     try:
         with pytest.warns(UserWarning, match="compiling the fused CPU optimizer kernels .* about 60 s"):
             reason = cpu_kernels.load()
@@ -170,22 +173,23 @@ def test_a_failed_build_falls_back_with_its_reason(monkeypatch, tmp_path, fresh_
             result = _run(Lion, {}, init, grads)
         _assert_identical(result, _run(Lion, {}, init, grads, foreach=True))
     finally:
-        cpu_kernels._build.cache_clear()  # the next call loads the cached build again
+        cpu_kernels.build.cache_clear()  # the next call loads the cached build again
 
 
 def test_a_stale_build_lock_is_reported_with_the_path_to_remove(monkeypatch, tmp_path, fresh_fallback):
     """A build killed mid-way leaves torch's lock file, on which every later build would wait forever."""
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
-    lock = tmp_path / cpu_kernels.extension_name() / "lock"
+    monkeypatch.setattr(cpu_kernels, "extension_name", lambda: "hf_foco_cpu_stale_lock")
+    lock = tmp_path / "hf_foco_cpu_stale_lock" / "lock"
     lock.parent.mkdir()
     lock.touch()
     old = time.time() - cpu_kernels.STALE_LOCK_SECONDS - 60
     os.utime(lock, (old, old))
-    cpu_kernels._build.cache_clear()
+    cpu_kernels.build.cache_clear()
     try:
         reason = cpu_kernels.load()
     finally:
-        cpu_kernels._build.cache_clear()
+        cpu_kernels.build.cache_clear()
     assert f"remove it (rm {lock})" in reason and "killed" in reason
     assert lock.exists()  # reported, not removed: a lock cannot tell a dead build from a slow one
 

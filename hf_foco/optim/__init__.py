@@ -2,8 +2,9 @@
 
 Each elementwise optimizer is a thin class over a public functional rule in its module
 (:func:`.focus.focus`, :func:`.foco.foco`, :func:`.signum.signum`, :func:`.lion.lion`, like
-``torch.optim.adamw.adamw``); K-FAC and FOP live in :mod:`.kfac`. The records below are the
-built-in entries of the registry (:mod:`.registry`).
+``torch.optim.adamw.adamw``), stepped by the implementation :mod:`.dispatch` picks; K-FAC and FOP live in
+:mod:`.kfac`, Muon with AdamW in :mod:`.muon`. The records below are the built-in entries of the registry
+(:mod:`.registry`).
 """
 
 import torch
@@ -13,6 +14,7 @@ from .focus import FOCUS
 from .grouping import DECAY_POLICIES, param_groups
 from .kfac import FOP, KFAC
 from .lion import Lion
+from .muon import MuonAdamW
 from .registry import (
     ENTRY_POINT_GROUP,
     HalfBatchOptimizer,
@@ -79,9 +81,18 @@ register_optimizer(
     state_bytes_per_param=None, state=_KRONECKER_STATE, needs_layer_hooks=True, supports_sharded_params=False,
     description="K-FAC on Linear/Conv1D layers, AdamW elsewhere; the beta*=0 ablation of FOP (DDP only).",
 )
+register_optimizer(
+    "muon", MuonAdamW, defaults=dict(lr=6e-4, weight_decay=0.1, momentum=0.95, betas=(0.9, 0.95)),
+    defaults_from=f"{_NANOGPT_GPT2} for both parts, carried to Muon by Moonshot's RMS matching (adjust_lr_fn="
+                  "'match_rms_adamw'); Muon's momentum 0.95, Nesterov, 5 Newton-Schulz steps (torch's)",
+    paper="Jordan et al. 2024 (torch.optim.Muon); Liu et al. 2025, arXiv:2502.16982 (AdamW-matched scale)",
+    state_bytes_per_param=None, state="4 B/param (momentum) on the hidden matrices, 8 (AdamW) on the rest",
+    supports_sharded_params=False,
+    description="Muon on the attention and MLP matrices, AdamW on embeddings, head, LayerNorms and biases (DDP only).",
+)
 
 __all__ = [
     "DECAY_POLICIES", "ENTRY_POINT_GROUP", "FOCUS", "FOCUS16bit", "FOP", "HalfBatchOptimizer", "KFAC",
-    "LayerHookOptimizer", "Lion", "OptimizerSpec", "RegisteredNames", "Signum", "create_optimizer", "get_optimizer",
+    "LayerHookOptimizer", "Lion", "MuonAdamW", "OptimizerSpec", "RegisteredNames", "Signum", "create_optimizer", "get_optimizer",
     "is_registered", "list_optimizers", "param_groups", "register_optimizer", "spec_of",
 ]

@@ -1,14 +1,16 @@
-"""What the implementations of hf_foco's elementwise optimizers share: the parameter dtypes they keep exactly,
-grouping of tensor lists, fp32 views of low-precision parameters, and the reused scratch of the chunked
-multi-tensor steps; also :func:`closure_loss` for every optimizer's ``step(closure)``.
+"""What hf_foco's optimizers share. For the elementwise ones' implementations: the parameter dtypes they keep
+exactly, grouping of tensor lists, fp32 views of low-precision parameters, the reused scratch of the chunked
+multi-tensor steps. For the matrix optimizers that train the other parameters with AdamW (K-FAC, FOP, Muon):
+:func:`split_groups` and :func:`adamw_step`. For all: :func:`closure_loss`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 import torch
+from torch.optim.adamw import adamw
 
 # Parameter dtypes the steps keep exactly (they compute in fp32 and write back once).
 PARAM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -20,6 +22,45 @@ def closure_loss(closure: Callable[[], float] | None):
         return None
     with torch.enable_grad():
         return closure()
+
+
+def split_groups(params: Iterable, chosen: set[int], settings: Callable[[bool, dict], dict]) -> list[dict]:
+    """Parameter groups split in two: each incoming group (or the one group of a plain parameter list) gives
+    a group of its parameters whose ``id`` is in ``chosen`` and one of the others (either left out when
+    empty), each updated with ``settings(is_chosen, incoming_group)``; ``param_names`` follow their
+    parameters."""
+    groups = [{**item, "params": list(item["params"])} if isinstance(item, dict) else item for item in params]
+    if groups and not isinstance(groups[0], dict):
+        groups = [{"params": groups}]
+    out = []
+    for group in groups:
+        names = group.get("param_names")
+        for is_chosen in (True, False):
+            keep = [i for i, p in enumerate(group["params"]) if (id(p) in chosen) == is_chosen]
+            if keep:
+                new = {**group, "params": [group["params"][i] for i in keep], **settings(is_chosen, group)}
+                if names is not None:
+                    new["param_names"] = [names[i] for i in keep]
+                out.append(new)
+    return out
+
+
+def adamw_step(group: dict, state: dict) -> None:
+    """torch's AdamW step (its functional form, as ``torch.optim.AdamW`` calls it) on the parameters of
+    ``group`` that have a gradient, with their state created lazily in ``state`` (the optimizer's)."""
+    params = [p for p in group["params"] if p.grad is not None]
+    for p in params:
+        if not state[p]:
+            state[p]["step"] = torch.tensor(0.0)
+            state[p]["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state[p]["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    if not params:
+        return
+    states = [state[p] for p in params]
+    beta1, beta2 = group["betas"]
+    adamw(params, [p.grad for p in params], [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [],
+          [s["step"] for s in states], amsgrad=False, beta1=beta1, beta2=beta2, lr=group["lr"],
+          weight_decay=group["weight_decay"], eps=group["eps"], maximize=False)
 
 
 def group_rows(tensorlists: list[list[torch.Tensor]], keys: list) -> dict:

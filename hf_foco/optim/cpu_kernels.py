@@ -51,7 +51,7 @@ def load() -> ModuleType | str:
     there is none."""
     if os.environ.get(ENV_SWITCH, "1") == "0":
         return f"{ENV_SWITCH}=0"
-    return _build()
+    return build()
 
 
 def extension_name() -> str | None:
@@ -64,15 +64,16 @@ def extension_name() -> str | None:
 
 
 @functools.cache
-def _build() -> ModuleType | str:
-    """The module, or why there is none (cached: a failed build is not retried in this process)."""
+def build() -> ModuleType | str:
+    """Build (or load the cached build of) the module; the module, or why there is none (cached: a failed build
+    is not retried in this process). ``hf-foco build-kernels`` calls it."""
     name = extension_name()
     if name is None:
         return (f"no kernel for this CPU ({platform.machine()}, ATen capability "
                 f"{torch.backends.cpu.get_cpu_capability()})")
     capability = torch.backends.cpu.get_cpu_capability()
     flags = ["-O3", "-fopenmp", "-ffp-contract=off", f"-DCPU_CAPABILITY={capability}",
-             f"-DCPU_CAPABILITY_{capability}", *CAPABILITY_FLAGS[capability]]
+             f"-DCPU_CAPABILITY_{capability}", *CAPABILITY_FLAGS.get(capability, [])]
     try:
         from torch.utils.cpp_extension import _get_build_directory, load_inline
 

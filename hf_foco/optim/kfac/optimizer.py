@@ -53,11 +53,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
-from torch.optim.adamw import adamw
 
 from ...distributed import all_reduce_mean, refuse_sharding
 from ...tensorlist import dot
-from ..base import closure_loss
+from ..base import adamw_step, closure_loss, split_groups
 from ..validation import check_betas, check_lr, check_unit_interval, check_weight_decay
 from .curvature import (
     DEFAULT_EXCLUDE,
@@ -156,30 +155,15 @@ class KFAC(torch.optim.Optimizer):
         kfac_ids = {id(p) for layer in self.layers for p in layer.params()}
         defaults = dict(lr=lr, momentum=momentum, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                         kfac=False)
-        super().__init__(self._split_groups(params, kfac_ids, lr, adamw_lr, weight_decay), defaults)
-        self.attach(model)
-
-    @staticmethod
-    def _split_groups(params, kfac_ids: set[int], lr, adamw_lr, weight_decay) -> list[dict]:
-        """Each incoming group becomes a K-FAC group (lr, rescaled decay) and an AdamW group (adamw_lr)."""
-        groups = params
-        if groups and not isinstance(groups[0], dict):
-            groups = [{"params": groups}]
-        out = []
-        for group in groups:
-            plist = group["params"]
-            names = group.get("param_names")
+        # Each group splits into a K-FAC part (at lr, its decay rescaled to shrink at the AdamW rate) and an
+        # AdamW part (at adamw_lr).
+        def settings(is_kfac: bool, group: dict) -> dict:
             wd = group.get("weight_decay", weight_decay)
-            for is_kfac in (True, False):
-                keep = [i for i, p in enumerate(plist) if (id(p) in kfac_ids) == is_kfac]
-                if not keep:
-                    continue
-                new = {**group, "params": [plist[i] for i in keep], "kfac": is_kfac, "name": "kfac" if is_kfac else "adamw",
-                       "lr": lr if is_kfac else adamw_lr, "weight_decay": wd * adamw_lr / lr if is_kfac else wd}
-                if names is not None:
-                    new["param_names"] = [names[i] for i in keep]
-                out.append(new)
-        return out
+            return dict(kfac=is_kfac, name="kfac" if is_kfac else "adamw", lr=lr if is_kfac else adamw_lr,
+                        weight_decay=wd * adamw_lr / lr if is_kfac else wd)
+
+        super().__init__(split_groups(params, kfac_ids, settings), defaults)
+        self.attach(model)
 
     @staticmethod
     def _process_value_according_to_param_policy(param, value, param_id, param_groups, key=None):
@@ -248,25 +232,9 @@ class KFAC(torch.optim.Optimizer):
         loss = closure_loss(closure)
         for group in self.param_groups:
             if not group["kfac"]:
-                self._adamw(group)
+                adamw_step(group, self.state)
         self._kfac_step()
         return loss
-
-    def _adamw(self, group: dict) -> None:
-        params = [p for p in group["params"] if p.grad is not None]
-        for p in params:
-            state = self.state[p]
-            if not state:
-                state["step"] = torch.tensor(0.0)
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        if not params:
-            return
-        states = [self.state[p] for p in params]
-        beta1, beta2 = group["betas"]
-        adamw(params, [p.grad for p in params], [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
-              [], [s["step"] for s in states], amsgrad=False, beta1=beta1, beta2=beta2, lr=group["lr"],
-              weight_decay=group["weight_decay"], eps=group["eps"], maximize=False)
 
     def _direction(self, layer: KFACLayer, state: dict) -> list[torch.Tensor]:
         grads = [_grad_or_zeros(p, p.grad) for p in layer.params()]
