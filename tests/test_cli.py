@@ -35,7 +35,7 @@ def test_run_pretrain_help_opens_with_the_recipe_and_an_example(capsys, monkeypa
     assert exit_.value.code == 0
     text = capsys.readouterr().out
     assert text.startswith("usage: run_pretrain.py RECIPE.yaml [--key value ...]\n")
-    places = [text.index(s) for s in ("  RECIPE.yaml ", "recipes/gpt2-nano/{adamw,foco,focus,fop,kfac,lion,signum}.yaml",
+    places = [text.index(s) for s in ("  RECIPE.yaml ", "recipes/gpt2-nano/{adamw,foco,focus,fop,kfac,lion,muon,signum}.yaml",
                                       "example:\n  accelerate launch", "\noptions:\n", "--learning_rate")]
     assert places == sorted(places)
 

@@ -16,6 +16,7 @@ from torch.optim import Optimizer
 
 from .base import PARAM_DTYPES, closure_loss
 from .dispatch import ElementwiseRule, HyperTensors, step_device
+from .state import check_state_kind
 
 
 class ElementwiseOptimizer(Optimizer):
@@ -64,7 +65,7 @@ class ElementwiseOptimizer(Optimizer):
         """torch casts loaded floating-point state to the parameter's dtype; restore the declared
         dtypes so a resumed run continues with exactly the state it saved. The state of another optimizer
         (other hyperparameter names or state tensors) is refused: torch would load it and step on it."""
-        refuse_other_kind(self, state_dict, self.state_names)
+        check_state_kind(self, state_dict, self.state_names, self.state_names)
         super().load_state_dict(state_dict)
         for p, state in self.state.items():
             for name in self.state_names:
@@ -108,15 +109,3 @@ class ElementwiseOptimizer(Optimizer):
         self.rule.run_compiled(compiled)
         return loss
 
-
-def refuse_other_kind(optimizer: Optimizer, state_dict: dict, state_names) -> None:
-    """Raise when ``state_dict`` was saved by another optimizer than ``optimizer``: other hyperparameter names
-    in its groups, or per-parameter state other than ``state_names`` (and ``step``)."""
-    ours = {key for group in optimizer.param_groups for key in group if key != "params"}
-    theirs = {key for group in state_dict.get("param_groups", ()) for key in group if key != "params"}
-    names = {key for state in state_dict.get("state", {}).values() for key in state if key != "step"}
-    if theirs - ours or names - set(state_names) or (names and not set(state_names) <= names):
-        raise ValueError(
-            f"This state dict was saved by another optimizer (hyperparameters {sorted(theirs)}, state "
-            f"{sorted(names)}), not by {type(optimizer).__name__} (hyperparameters {sorted(ours)}, state "
-            f"{sorted(state_names)}). Resume with the optimizer that saved it, or start its state afresh.")

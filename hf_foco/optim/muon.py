@@ -38,8 +38,8 @@ from torch import nn
 
 from ..distributed import refuse_sharding
 from .base import adamw_step, closure_loss, split_groups
-from .elementwise import refuse_other_kind
 from .kfac.curvature import DEFAULT_EXCLUDE, KFACLayer, find_layers
+from .state import check_state_kind
 from .validation import check_betas, check_choice, check_lr, check_unit_interval, check_weight_decay
 
 ADJUST_LR_FNS = ("match_rms_adamw", "original")
@@ -88,16 +88,16 @@ class MuonAdamW(torch.optim.Optimizer):
         self.qkv_layers = tuple(qkv_layers)
         params = [{**item, "params": list(item["params"])} if isinstance(item, dict) else item for item in params]
         given = {id(p) for item in params for p in (item["params"] if isinstance(item, dict) else [item])}
-        self.layers = {id(layer.weight): layer for layer in find_layers(model, exclude) if id(layer.weight) in given}
-        if not self.layers:
+        self._layers = {id(layer.weight): layer for layer in find_layers(model, exclude) if id(layer.weight) in given}
+        if not self._layers:
             raise ValueError(f"MuonAdamW found no hidden nn.Linear / Conv1D weight to train (exclude={tuple(exclude)}).")
-        for layer in self.layers.values():
+        for layer in self._layers.values():
             if self._splits_qkv(layer) and layer.out_features % 3:
                 raise ValueError(f"MuonAdamW: layer {layer.name!r} matches qkv_layers={self.qkv_layers} but its "
                                  f"{layer.out_features} outputs are not Q, K and V stacked; set qkv_layers.")
         defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps,
                         adjust_lr_fn=adjust_lr_fn, betas=tuple(betas), eps=eps, muon=False)
-        super().__init__(split_groups(params, set(self.layers), lambda is_muon, group: dict(
+        super().__init__(split_groups(params, set(self._layers), lambda is_muon, group: dict(
             muon=is_muon, name="muon" if is_muon else "adamw", lr=lr if is_muon else adamw_lr)), defaults)
 
     def _splits_qkv(self, layer: KFACLayer) -> bool:
@@ -106,13 +106,13 @@ class MuonAdamW(torch.optim.Optimizer):
     def matrices(self, weight: torch.Tensor, tensor: torch.Tensor) -> list[torch.Tensor]:
         """The views of ``tensor`` (``weight`` itself, its gradient or its momentum) that Muon treats as its
         matrices: the (out, in) orientation, cut into Q, K and V blocks where the layer stacks them."""
-        layer = self.layers[id(weight)]
+        layer = self._layers[id(weight)]
         matrix = tensor.T if layer.transposed else tensor
         return list(matrix.chunk(3, dim=0)) if self._splits_qkv(layer) else [matrix]
 
     def load_state_dict(self, state_dict: dict) -> None:
         """torch's, refusing another optimizer's state (torch would load it and step on it)."""
-        refuse_other_kind(self, state_dict, STATE_NAMES)
+        check_state_kind(self, state_dict, STATE_NAMES, STATE_NAMES)
         super().load_state_dict(state_dict)
 
     @torch.no_grad()
