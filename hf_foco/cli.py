@@ -1,7 +1,11 @@
-"""The ``hf-foco`` command line: every subcommand, as an argument builder and a function that runs it.
+"""The ``hf-foco`` command line: each subcommand declares its options and hands them to the package function
+that does the work (``train``: :func:`hf_foco.pretrain.main`, ``compare``: :func:`hf_foco.compare.command.compare`,
+``valley``: :func:`hf_foco.valley.run_valley`, ``push``: :func:`hf_foco.artifacts.push.push_run`).
 
 Each subcommand imports what it needs only when it is chosen, so ``hf-foco optimizers`` never loads the
-training stack. ``python -m hf_foco.cli train ...`` is how studies launch their runs.
+training stack. Options are spelled as transformers spells its own (``--output_dir``, ``--repo_id``); the
+dashed spellings of earlier releases (:data:`RENAMED`) still work, with a note on stderr, until the next
+release. ``python -m hf_foco.cli train ...`` is how studies launch their runs.
 """
 
 from __future__ import annotations
@@ -10,7 +14,6 @@ import argparse
 import json
 import shlex
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +36,27 @@ class Command:
             return self.run(argv)
         parser = argparse.ArgumentParser(prog=f"hf-foco {name}", description=self.help)
         self.add_arguments(parser)
-        return self.run(parser.parse_args(argv))
+        return self.run(parser.parse_args(_respell(name, argv)))
+
+
+# Options renamed to transformers' --snake_case spelling: the old spelling is accepted, with a note, for one
+# more release.
+RENAMED = {"--repo-id": "--repo_id", "--dataset-info": "--dataset_info", "--out-dir": "--output_dir",
+           "--n-sigma": "--n_sigma", "--n-a": "--n_a", "--n-omega": "--n_omega", "--n-lr": "--n_lr",
+           "--spot-check": "--spot_check"}
+
+
+def _respell(command: str, argv: list[str]) -> list[str]:
+    """``argv`` with each old option spelling (``--out-dir`` or ``--out-dir=DIR``) replaced by the new one."""
+    respelled = []
+    for arg in argv:
+        flag, sep, value = arg.partition("=")
+        if flag in RENAMED:
+            print(f"hf-foco {command}: {flag} is now spelled {RENAMED[flag]}; the old spelling goes in the next "
+                  "release.", file=sys.stderr)
+            arg = RENAMED[flag] + sep + value
+        respelled.append(arg)
+    return respelled
 
 
 # -- hf-foco optimizers ------------------------------------------------------------------------------------
@@ -99,17 +122,39 @@ def _build_kernels(args: argparse.Namespace) -> int:
 def _train(argv: list[str]) -> int:
     """``RECIPE.yaml [--key value ...]`` for the pretraining job; without a recipe, an error listing them."""
     from .pretrain import main, parse_args
-    from .recipe import RECIPE_SUFFIXES, recipe_groups
+    from .recipe import recipe_groups
 
     if argv[:1] in (["-h"], ["--help"]):
         parse_args(argv, prog="hf-foco train")  # prints the help and exits
-    if argv and argv[0].endswith(RECIPE_SUFFIXES):
+    if argv and not argv[0].startswith("-"):
         return main(argv)
     recipes = recipe_groups()
     listing = (f" Recipes: {', '.join(recipes)}." if recipes else
                " The hf_foco repository's recipes/ folder holds examples.")
     raise SystemExit(f"hf-foco train: error: name a recipe first, e.g. `hf-foco train recipes/gpt2-nano/foco.yaml "
                      f"[--key value ...]`.{listing}")
+
+
+# -- hf-foco prepare-data ----------------------------------------------------------------------------------
+
+def _prepare_data(argv: list[str]) -> int:
+    """``--prepared_data DIR`` plus the data keys of a recipe: token shards for ``train --prepared_data DIR``."""
+    from transformers import HfArgumentParser
+
+    from .data import DataArguments, PrepareArguments, prepare_token_shards
+
+    parser = HfArgumentParser((DataArguments, PrepareArguments), prog="hf-foco prepare-data",
+                              description=COMMANDS["prepare-data"].help)
+    try:
+        data_args, prepare_args = parser.parse_args_into_dataclasses(argv)
+        index, reused = prepare_token_shards(data_args, prepare_args)
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"hf-foco prepare-data: error: {err}") from err
+    splits = ", ".join(f"{split} {s['tokens']:,} tokens in {len(s['shards'])} shard(s)"
+                       for split, s in index["splits"].items())
+    print(f"{data_args.prepared_data}: {'already prepared, checked' if reused else 'prepared'}: {splits} "
+          f"({index['dtype']}, {index['tokenizer']['name']}). Train on it with --prepared_data {data_args.prepared_data}.")
+    return 0
 
 
 # -- hf-foco run -------------------------------------------------------------------------------------------
@@ -135,11 +180,11 @@ def _json_object(text: str) -> dict:
 
 def _push_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("output_dir", help="output directory of a finished run")
-    parser.add_argument("--repo-id", required=True, help="Hub repository, USER/NAME")
+    parser.add_argument("--repo_id", required=True, help="Hub repository, USER/NAME")
     parser.add_argument("--private", action="store_true", help="create the repository private")
     parser.add_argument("--revision", default=None, help="branch to push to")
     parser.add_argument("--token", default=None, help="Hub token (default: the logged-in one)")
-    parser.add_argument("--dataset-info", type=_json_object, default=None,
+    parser.add_argument("--dataset_info", type=_json_object, default=None,
                         help="JSON dict describing the training data, shown in the card")
 
 
@@ -177,44 +222,17 @@ def _compare_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from .artifacts.files import unwritable_dir
-    from .compare.report import report_study
-    from .compare.runner import DEFAULT_LAUNCHER, current_runs, read_marker, run_study
-    from .compare.study import Study
+    from .compare.command import StudyFailed, compare
 
-    launcher = shlex.split(args.launcher) if args.launcher else list(DEFAULT_LAUNCHER)
     try:
-        study = Study.from_yaml(args.study, args.output_dir, args.learning_rates_from)
-        # Before real runs only: the check is about this host too (bf16 recipes fail on a CPU), and a
-        # custom launcher may take other keys.
-        if not (args.dry_run or args.report_only) and launcher == list(DEFAULT_LAUNCHER):
-            study.check_runs()
-        if problem := unwritable_dir(study.output_dir):
-            raise ValueError(f"the study's output_dir {study.output_dir} cannot hold its runs: {problem}. Pass "
-                             "another --output_dir.")
+        compare(args.study, args.output_dir, shlex.split(args.launcher) if args.launcher else None,
+                args.learning_rates_from, jobs=args.jobs, threads_per_run=args.threads_per_run,
+                retry_failed=args.retry_failed, report_only=args.report_only, dry_run=args.dry_run)
     except ValueError as err:
         print(f"hf-foco compare: {err}", file=sys.stderr)
         return 2
-    if args.dry_run:
-        for spec in current_runs(study):
-            status = (read_marker(spec) or {}).get("status", "pending")
-            print(f"[{status}] {shlex.join([*launcher, *spec.argv()])}")
-        return 0
-    if not args.report_only:
-        try:
-            run_study(study, launcher, retry_failed=args.retry_failed, jobs=args.jobs,
-                      threads_per_run=args.threads_per_run)
-        except ValueError as err:
-            print(f"hf-foco compare: {err}", file=sys.stderr)
-            return 2
-    report_study(study)
-    print(f"Report: {study.output_dir / 'report.md'}")
-    # A diverged learning rate is a result; a study none of whose runs finished is a broken setup.
-    runs = study.runs()
-    if runs and all((read_marker(spec) or {}).get("status") == "failed" for spec in runs):
-        print(f"hf-foco compare: error: none of the study's {len(runs)} run(s) finished; the first one's log is "
-              f"{runs[0].output_dir / 'train.log'}. Fix the study's overrides or recipe, then rerun with "
-              "--retry_failed.", file=sys.stderr)
+    except StudyFailed as err:
+        print(f"hf-foco compare: error: {err}", file=sys.stderr)
         return 1
     return 0
 
@@ -231,11 +249,10 @@ def _valley_arguments(parser: argparse.ArgumentParser) -> None:
                              "50 replicates x 1000 steps (4x the default's work). default: 61 sigma "
                              "(step 0.05) x 49 a (12 per decade) / 51 omega (step 0.01) x the spec's 20 "
                              "lr x 40 replicates x 1000 steps: 3 optimizers and both panels take ~7 "
-                             "CPU-minutes (~4 min on 2 free cores; ~13 min on 2 cores shared at load 8). "
-                             "quick: a smoke test. The --n-* flags override single axes.")
-    for flag, help_ in (("--n-sigma", "sigma points in [0, 3]"), ("--n-a", "sharpness points in [0.1, 1000]"),
-                        ("--n-omega", "weight-decay points in [0, 0.5]"),
-                        ("--n-lr", "lr points in [1e-3, 1]"), ("--replicates", "replicates per cell"),
+                             "CPU-minutes. quick: a smoke test. The --n_* flags override single axes.")
+    for flag, help_ in (("--n_sigma", "sigma points in [0, 3]"), ("--n_a", "sharpness points in [0.1, 1000]"),
+                        ("--n_omega", "weight-decay points in [0, 0.5]"),
+                        ("--n_lr", "lr points in [1e-3, 1]"), ("--replicates", "replicates per cell"),
                         ("--steps", "steps per run")):
         parser.add_argument(flag, type=int, default=None, help=help_ + " (overrides --preset)")
     parser.add_argument("--panels", nargs="+", choices=("a", "omega"), default=["a", "omega"],
@@ -244,62 +261,24 @@ def _valley_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--optimizers", nargs="+", choices=sorted(TOY_OPTIMIZERS),
                         default=list(SPOT_OPTIMIZERS), help="toy optimizers to compare (see hf_foco.valley.toys; "
                         "focus-toy is the spec's toy FOCUS, focus the package's)")
-    parser.add_argument("--out-dir", type=Path, default=Path("valley_out"), help="where the CSV and PNGs go")
+    parser.add_argument("--output_dir", type=Path, default=Path("valley_out"), help="where the CSV and PNGs go")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=os.cpu_count(),
                         help="single-threaded worker processes (default: one per CPU core)")
-    parser.add_argument("--spot-check", action="store_true",
+    parser.add_argument("--spot_check", action="store_true",
                         help="only run the spec's table cells (with the chosen lr/replicates/steps) and "
                              "print them beside the spec's values")
 
 
 def _valley(args: argparse.Namespace) -> int:
-    import torch
+    from .valley import run_valley
 
-    from .artifacts.files import unwritable_dir
-    from .valley import (
-        GRIDS,
-        SPEC_SPOT_VALUES,
-        best_over_lr,
-        make_cells,
-        make_panel,
-        plot_winner_map,
-        spot_check_lines,
-        summary_rows,
-        sweep,
-        write_csv,
-    )
-
-    n_sigma, n_a, n_omega, n_lr, reps, steps = (
-        preset if override is None else override for override, preset in zip(
-            (args.n_sigma, args.n_a, args.n_omega, args.n_lr, args.replicates, args.steps),
-            GRIDS["spec" if args.spot_check else args.preset], strict=True))
-    if min(n_sigma, n_a, n_omega, n_lr, steps, args.workers) < 1 or reps < 2:
-        raise SystemExit(f"--n-sigma, --n-a, --n-omega, --n-lr, --steps and --workers must be >= 1 and --replicates "
-                         f">= 2 (for a stderr); got {n_sigma}, {n_a}, {n_omega}, {n_lr}, {steps}, {args.workers}, "
-                         f"{reps}")
-    if problem := unwritable_dir(args.out_dir):
-        raise SystemExit(f"hf-foco valley: error: --out-dir {args.out_dir} cannot hold the CSV and plots: {problem}. "
-                         "Pass another --out-dir.")
-    lrs = torch.logspace(-3, 0, n_lr, dtype=torch.float64).tolist()
-    run = dict(replicates=reps, steps=steps, seed=args.seed, workers=args.workers)
-    if args.spot_check:
-        cells = make_cells(*zip(*SPEC_SPOT_VALUES, strict=True))
-        print("\n".join(spot_check_lines(best_over_lr(sweep(cells, args.optimizers, lrs, **run), lrs))))
-        return 0
-    rows = []
-    for y in args.panels:
-        panel = make_panel(y, n_sigma, n_a if y == "a" else n_omega)
-        start = time.perf_counter()
-        best = best_over_lr(sweep(panel.cells(), args.optimizers, lrs, progress=True, **run), lrs)
-        elapsed = time.perf_counter() - start
-        plot_winner_map(panel, best, args.out_dir / f"valley_sigma_{y}.png",
-                        f"winner: best-of-{n_lr}-lr mean final loss, {reps} replicates x {steps} steps")
-        rows += summary_rows(panel, best)
-        print(f"sigma x {y}: {len(panel.sigmas)} x {len(panel.ys)} cells, {n_lr} lr, {reps} replicates, "
-              f"{steps} steps, {len(args.optimizers)} optimizers: {elapsed:.0f} s")
-    write_csv(rows, args.out_dir / "valley.csv")
-    print(f"wrote valley.csv and valley_sigma_{{{','.join(args.panels)}}}.png in {args.out_dir}")
+    try:
+        run_valley(args.output_dir, preset=args.preset, n_sigma=args.n_sigma, n_a=args.n_a, n_omega=args.n_omega,
+                   n_lr=args.n_lr, replicates=args.replicates, steps=args.steps, panels=args.panels,
+                   optimizers=args.optimizers, seed=args.seed, workers=args.workers, spot_check=args.spot_check)
+    except ValueError as err:
+        raise SystemExit(f"hf-foco valley: error: {err}") from None
     return 0
 
 
@@ -310,6 +289,9 @@ COMMANDS: dict[str, Command] = {
                              "instead of at the first optimizer step", _build_kernels, lambda parser: None),
     "train": Command("pretrain GPT-2 from a recipe: hf-foco train RECIPE.yaml [--key value ...] (as "
                      "scripts/run_pretrain.py)", _train),
+    "prepare-data": Command("tokenize a dataset once into token shards that training reads with --prepared_data "
+                            "DIR: hf-foco prepare-data --prepared_data DIR [--dataset_name ... | --train_files ...]",
+                            _prepare_data),
     "run": Command("run an unmodified Trainer script with every hf_foco optimizer on its --optim: hf-foco run "
                    "SCRIPT.py [args ...]", _run),
     "compare": Command("run an optimizer study (recipes x optimizers x LRs x seeds) and write its report",
@@ -323,7 +305,7 @@ COMMANDS: dict[str, Command] = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    commands = "\n".join(f"  {name:<11} {command.help}" for name, command in COMMANDS.items())
+    commands = "\n".join(f"  {name:<13} {command.help}" for name, command in COMMANDS.items())
     parser = argparse.ArgumentParser(
         prog="hf-foco", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="FOCUS, foco, FOP and sign-based optimizers for GPT-style pretraining with Hugging Face tools.",

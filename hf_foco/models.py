@@ -13,7 +13,14 @@ from typing import Any
 
 import yaml
 from huggingface_hub.errors import StrictDataclassError
-from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, PretrainedConfig, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    GPT2Config,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from .hints import did_you_mean, parse_key_values, unknown_names
 
@@ -45,7 +52,30 @@ class ModelArguments:
         "help": "A checkpoint to continue pretraining from (offline: a local directory or cached name)."})
     config_overrides: str | None = field(default=None, metadata={
         "help": "Config fields to override, e.g. 'n_layer=2,n_embd=64' (fresh models only)."})
+    pad_vocab_size_to_multiple_of: int | None = field(default=None, metadata={
+        "help": "Round the embedding's rows up to a multiple of this (64: aligned GPU matrix multiplies for "
+                "GPT-2's 50257 tokens) when the vocabulary size comes from the tokenizer (fresh models only). The "
+                "tokenizer is unchanged; the extra ids never occur in the data and generation never emits them. "
+                "Unset: no padding."})
 
+
+
+def fit_to_tokenizer(config: PretrainedConfig, tokenizer: PreTrainedTokenizerBase, multiple: int | None = None) -> None:
+    """Size ``config``'s vocabulary for ``tokenizer`` (rounded up to a multiple of ``multiple``, if given) and
+    take its special ids."""
+    multiple = multiple or 1
+    config.vocab_size = -(-len(tokenizer) // multiple) * multiple
+    config.bos_token_id = config.eos_token_id = tokenizer.eos_token_id
+    config.pad_token_id = tokenizer.pad_token_id
+
+
+def suppress_padded_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Make ``generate`` never emit the ids past the tokenizer's (rows a padded embedding has, which no text
+    decodes to): they are suppressed in the model's generation config, saved with it as
+    ``generation_config.json``, so a model loaded with ``from_pretrained`` keeps the rule."""
+    padded = list(range(len(tokenizer), model.config.vocab_size))
+    if padded:
+        model.generation_config.suppress_tokens = padded
 
 
 def is_preset(name: str | None) -> bool:
@@ -104,6 +134,8 @@ def model_config(model_args: ModelArguments, block_size: int) -> PretrainedConfi
     """The config to build, checked before any data is touched: override keys the config does not have (a
     typo would be silently stored and ignored) and a block size beyond the model's positions fail here."""
     overrides = _parse_overrides(model_args.config_overrides)
+    if (multiple := model_args.pad_vocab_size_to_multiple_of) is not None and multiple < 1:
+        raise ValueError(f"--pad_vocab_size_to_multiple_of {multiple}: it must be >= 1 (or leave it unset).")
     if model_args.model_name_or_path and overrides:
         raise ValueError("--config_overrides applies to fresh models only, not to --model_name_or_path.")
     name = model_args.model_name_or_path or model_args.config_name
@@ -124,3 +156,18 @@ def model_config(model_args: ModelArguments, block_size: int) -> PretrainedConfi
         raise ValueError(f"--block_size {block_size} exceeds the model's {positions(config)} positions: lower "
                          f"--block_size or raise them (e.g. --config_overrides n_positions={block_size}).")
     return config
+
+
+def refuse_tokenizer_overrides(model_args: ModelArguments, tokenizer) -> None:
+    """``--config_overrides`` of a field the job sets from the tokenizer (the vocabulary size, the special
+    ids) would be silently replaced: refuse any value other than the tokenizer's, naming the fix."""
+    overrides = _parse_overrides(model_args.config_overrides)
+    own = {"vocab_size": len(tokenizer), "bos_token_id": tokenizer.eos_token_id,
+           "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    clash = {key: value for key, value in overrides.items() if key in own and value != own[key]}
+    if clash:
+        given = ",".join(f"{k}={v}" for k, v in clash.items())
+        raise ValueError(f"--config_overrides {given}: a fresh model takes its vocabulary size and special token ids "
+                         f"from the tokenizer ({', '.join(f'{k}={own[k]}' for k in clash)}). Drop them from "
+                         "--config_overrides; for another vocabulary size, train the tokenizer with "
+                         "--tokenizer_vocab_size N, or pass one with --tokenizer_name.")

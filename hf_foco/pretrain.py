@@ -2,19 +2,26 @@
 (or ``hf-foco train RECIPE.yaml ...``; both call :func:`main`).
 
 A recipe is a YAML file of ``ModelArguments``, ``DataArguments`` and ``FocoTrainingArguments`` fields
-(alignment-handbook style, read by :mod:`hf_foco.recipe`); command-line keys override it. Everything that
-can be wrong with the inputs (unknown keys, data, presets, block size) fails before the first step, and a
-finished run leaves a
+(alignment-handbook style, read by :mod:`hf_foco.recipe`); command-line keys override it. :func:`main` reads
+like transformers' and TRL's example scripts: parse the arguments, build the data and the model, plan what to
+do with the output directory (:func:`hf_foco.trainer.checkpoints.plan_resume`: resume, finish, or refuse),
+train, evaluate, save. Everything that can be wrong with the inputs (unknown keys, data, presets, block
+size, a resume with other settings) fails before the first step, as one line. A finished run leaves a
 safetensors checkpoint with its tokenizer, the eval loss and perplexity, the loss curve, the stability
 summary and a model card in ``output_dir``. Rerunning a command whose run was killed continues it from the
-latest complete checkpoint in ``output_dir`` (see :mod:`hf_foco.trainer.checkpoints`).
+latest complete checkpoint in ``output_dir``, or, when it was killed after its last step, writes what it
+had not written yet, without training.
+
+``python -m hf_foco.pretrain RECIPE.yaml ...`` is the job too. ``python -m hf_foco.pretrain --check`` reads a
+JSON list of command lines (each ``[RECIPE.yaml, --key, value, ...]``) on stdin and writes, as a JSON list,
+why the job would refuse each (or null): how a study (:mod:`hf_foco.compare`) vets its runs before starting
+any, in a process of their own.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import glob
-import hashlib
+import contextlib
+import io
 import json
 import math
 import os
@@ -26,8 +33,17 @@ from transformers import HfArgumentParser
 
 from .allocator import tune_allocator
 from .data import DataArguments, collate_blocks, prepare_lm_data
-from .models import ModelArguments, build_model, model_config, positions
+from .models import (
+    ModelArguments,
+    build_model,
+    fit_to_tokenizer,
+    model_config,
+    positions,
+    refuse_tokenizer_overrides,
+    suppress_padded_ids,
+)
 from .recipe import describe_recipe_usage, parse_recipe_args
+from .rundir import RESUME_RECORD, write_resume_record
 
 
 def _parser(prog: str | None = None):
@@ -54,34 +70,28 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None):
     return parse_recipe_args(parser, sys.argv[1:] if argv is None else argv)
 
 
-def check_output_dir(output_dir: str) -> None:
-    """Fail now, not at the first save after hours of training, when ``output_dir`` cannot be written."""
-    from .artifacts.files import unwritable_dir
+def check_commands(argvs: list[list[str]]) -> list[str | None]:
+    """Why the job would refuse each command line, from its arguments alone (None: accepted); argparse's own
+    message for a malformed one."""
+    problems = []
+    for argv in argvs:
+        errors = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(errors):
+                model_args, data_args, _ = parse_args(argv)
+                model_config(model_args, data_args.block_size)
+            problems.append(None)
+        except (ValueError, OSError) as err:
+            problems.append(str(err))
+        except SystemExit:  # argparse has written its message
+            problems.append(errors.getvalue().strip().splitlines()[-1])
+    return problems
 
-    if problem := unwritable_dir(output_dir):
-        raise ValueError(f"--output_dir {output_dir} cannot hold the run's checkpoints: {problem}. Pass a "
-                         "--output_dir you can write to.")
 
-
-def build_trainer(model_args: ModelArguments, data_args: DataArguments, training_args, callbacks=None):
-    """Config, data, tokenizer and model -> a ready ``FocoTrainer`` (and the data description).
-
-    The output directory and an explicitly named checkpoint to resume from are checked first, so a run
-    that could not save, or could not resume, fails before the data is even read.
-    """
-    from .trainer import FocoTrainer
-    from .trainer.checkpoints import LATEST, checkpoint_corruption, missing_resume_files
-
+def build_data_and_model(model_args: ModelArguments, data_args: DataArguments, training_args):
+    """Config, data, tokenizer and model -> (the data, a fresh or loaded model). The model's config is checked
+    before the data is read."""
     config = model_config(model_args, data_args.block_size)
-    check_output_dir(training_args.output_dir)
-    resume = training_args.resume_from_checkpoint
-    if resume is not None and str(resume).lower() not in LATEST:
-        need_optimizer = not training_args.reset_optimizer_state
-        if problem := checkpoint_corruption(resume) or missing_resume_files(resume, need_optimizer):
-            fix = ("" if not (need_optimizer and "optimizer" in problem) else
-                   ", or pass --reset_optimizer_state true to continue its weights with a fresh optimizer state")
-            raise ValueError(f"--resume_from_checkpoint {resume} cannot be resumed from: {problem}. Resume from "
-                             f"another, intact checkpoint-N directory of the run instead{fix}.")
     if data_args.streaming and training_args.max_steps <= 0:
         raise ValueError("A streamed dataset has no length: set --max_steps.")
     with training_args.main_process_first(desc="preparing data"):
@@ -94,51 +104,34 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, training
         if len(tokenizer) > model.config.vocab_size:
             raise ValueError(f"The tokenizer has {len(tokenizer)} tokens but {model_args.model_name_or_path!r} "
                              f"only {model.config.vocab_size} embeddings: pass its own tokenizer with --tokenizer_name.")
-    else:
-        config.vocab_size = len(tokenizer)
-        config.bos_token_id = config.eos_token_id = tokenizer.eos_token_id
-        config.pad_token_id = tokenizer.pad_token_id
-        if not data_args.tokenizer_name and positions(config):  # ours: record the context it serves
-            tokenizer.model_max_length = positions(config)
-        model = build_model(config, seed=training_args.seed)
+        return data, model
+    refuse_tokenizer_overrides(model_args, tokenizer)
+    fit_to_tokenizer(config, tokenizer, model_args.pad_vocab_size_to_multiple_of)
+    if not data_args.tokenizer_name and positions(config):  # ours: record the context it serves
+        tokenizer.model_max_length = positions(config)
+    model = build_model(config, seed=training_args.seed)
+    suppress_padded_ids(model, tokenizer)
+    return data, model
+
+
+def make_trainer(model, data, training_args, settings: dict, callbacks=None):
+    """The ``FocoTrainer`` of the job: ``model`` on ``data``, its checkpoints recording ``settings``
+    (:func:`hf_foco.trainer.checkpoints.settings_record`)."""
+    from .trainer import FocoTrainer
+
     trainer = FocoTrainer(model=model, args=training_args, train_dataset=data.train, eval_dataset=data.validation,
-                          data_collator=collate_blocks, processing_class=tokenizer, callbacks=callbacks)
-    return trainer, data
+                          data_collator=collate_blocks, processing_class=data.tokenizer, callbacks=callbacks)
+    trainer.run_settings = settings
+    return trainer
 
 
-def run_settings(model_args: ModelArguments, data_args: DataArguments) -> dict:
-    """The model and data a run trains, as its checkpoints record them: a resume that changes either
-    (another --config_overrides, other or edited --train_files) is refused instead of mixing two runs."""
-    data = {k: v for k, v in dataclasses.asdict(data_args).items() if k != "data_cache_dir"}
-    files = sorted({f for pattern in (data_args.train_files or []) for f in glob.glob(pattern) if os.path.isfile(f)})
-    sizes = json.dumps([(f, os.path.getsize(f)) for f in files])
-    data["train_files_fingerprint"] = hashlib.sha256(sizes.encode()).hexdigest()[:16]  # names and sizes
-    return {"model": dataclasses.asdict(model_args), "data": data}
+def build_trainer(model_args: ModelArguments, data_args: DataArguments, training_args, callbacks=None):
+    """The job's ``FocoTrainer`` and data from its arguments, without a look at the output directory (for
+    benchmarks and notebooks)."""
+    from .trainer.checkpoints import settings_record
 
-
-def check_resume(checkpoint: str, model_args, data_args, training_args) -> None:
-    """Refuse a resume whose settings differ from the checkpoint's, naming each difference and the fix."""
-    from .trainer.checkpoints import optimizer_change_message, resume_differences
-
-    current = {**run_settings(model_args, data_args), "optimizer": training_args.optimizer_record(),
-               "training": training_args.training_record()}
-    changed = resume_differences(checkpoint, current)
-    optimizer = changed.pop("optimizer", None)
-    if changed:
-        raise ValueError(f"{checkpoint} was saved with other settings than this run's "
-                         f"({'; '.join(f'{k}: {v}' for k, v in changed.items())}), which a resume would ignore or mix. "
-                         "Rerun with the checkpoint's settings, or pass a new --output_dir (or --overwrite_output_dir "
-                         "true) to start over with these.")
-    if optimizer and not training_args.reset_optimizer_state:
-        raise ValueError(optimizer_change_message(checkpoint, optimizer))
-
-
-def _finished(checkpoint: str, training_args) -> int | None:
-    """The step of ``checkpoint`` when it already ends the run (a finished run rerun, or one killed after
-    its last checkpoint), else None."""
-    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
-    target = training_args.max_steps if training_args.max_steps > 0 else state.get("max_steps") or 0
-    return state["global_step"] if 0 < target <= state["global_step"] else None
+    data, model = build_data_and_model(model_args, data_args, training_args)
+    return make_trainer(model, data, training_args, settings_record(model_args, data_args), callbacks), data
 
 
 def _nonfinite_result(trainer, metrics: dict) -> str | None:
@@ -149,50 +142,83 @@ def _nonfinite_result(trainer, metrics: dict) -> str | None:
     return f"the final weights are not finite ({bad[0]}{' ...' if len(bad) > 1 else ''})" if bad else None
 
 
-def main(argv: list[str] | None = None, callbacks=None) -> int:
-    """Parse, prepare, train, evaluate, save; ``callbacks`` are extra ``TrainerCallback`` objects.
+def _train(trainer, plan) -> None:
+    """Train from ``plan``'s checkpoint, or take up a run that already reached its last step there."""
+    if plan.finished_step is not None:
+        trainer.load_finished(plan.checkpoint)
+        print(f"Completing the run in {trainer.args.output_dir}: {plan.checkpoint} is its last step "
+              f"({plan.finished_step}), but {', '.join(plan.missing)} {'is' if len(plan.missing) == 1 else 'are'} "
+              "missing; writing them without training.")
+        return
+    result = trainer.train(resume_from_checkpoint=plan.checkpoint)
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
 
-    Bad input (recipe, data, model, arguments) exits with a one-line message before training starts.
+
+def _save(trainer, metrics: dict, data, data_args: DataArguments, model_args: ModelArguments) -> dict[str, Path]:
+    """The final weights, eval results, resume record and the run's artifacts (record, loss curve, card), and
+    the push."""
+    from .trainer import write_run_artifacts
+
+    trainer.save_model()
+    trainer.log_metrics("eval", metrics)
+    trainer.save_metrics("eval", metrics)
+    dataset_info = {"name": data.source, "tokenizer": data.tokenizer_name,
+                    "sequence_length": data.block_size, "train_tokens": data.train_tokens,
+                    "validation_tokens": len(data.validation) * data.block_size}
+    # Explicit, so that a fresh model from --config_name is not taken for a fine-tune of that config's model.
+    card = {"finetuned_from": model_args.model_name_or_path}
+    written = write_run_artifacts(trainer, dataset_info=dataset_info, **card)
+    if trainer.is_world_process_zero():
+        out = Path(trainer.args.output_dir)
+        write_resume_record(out, trainer.resume_record())  # what a rerun of the finished run compares
+        written[RESUME_RECORD] = out / RESUME_RECORD
+    if trainer.args.push_to_hub:
+        trainer.push_to_hub(dataset_info=dataset_info, **card)
+    return written
+
+
+def main(argv: list[str] | None = None, callbacks=None) -> int:
+    """Parse, build data and model, plan the resume, train, evaluate, save; ``callbacks`` are extra
+    ``TrainerCallback`` objects.
+
+    Bad input (recipe, data, model, arguments, a resume that would mix settings) exits with a one-line
+    message before training starts; so do a divergence stop and a checkpoint that cannot be written.
     """
     from transformers.utils import logging
 
-    from .trainer import write_run_artifacts
-    from .trainer.checkpoints import checkpoint_to_resume, clear_checkpoints
+    from .trainer.checkpoints import (
+        plan_resume,
+        prepare_output_dir,
+        resume_record,
+        save_failure,
+        settings_record,
+    )
+    from .trainer.stability import TrainingDivergedError
+    from .trainer.trainer import CheckpointSaveError
 
     tune_allocator()  # before the first large tensor: the training step then reuses mapped memory
     try:  # bad input fails here, before any training, as one line instead of a traceback
         model_args, data_args, training_args = parse_args(argv)
         logging.set_verbosity(training_args.get_process_log_level())
-        # A rerun of a killed command continues from its latest complete checkpoint (never a partial one).
-        finished = None
-        checkpoint = checkpoint_to_resume(training_args.output_dir, training_args.resume_from_checkpoint,
-                                          training_args.world_size, training_args.overwrite_output_dir)
-        trainer, data = build_trainer(model_args, data_args, training_args, callbacks)
-        if checkpoint is not None:
-            check_resume(checkpoint, model_args, data_args, training_args)
-            finished = _finished(checkpoint, training_args)
-            out = Path(training_args.output_dir)
-            if finished is not None and (out / "eval_results.json").is_file() and (out / "model.safetensors").is_file():
-                print(f"Nothing to do: the run in {out} already finished at step {finished} ({checkpoint}). Raise "
-                      "--max_steps to train further, or pass a new --output_dir to train again.")
-                return 0
-    except (ValueError, FileNotFoundError) as err:
+        data, model = build_data_and_model(model_args, data_args, training_args)
+        settings = settings_record(model_args, data_args)
+        plan = plan_resume(training_args.output_dir, training_args, resume_record(training_args, settings))
+        if plan.done:
+            where = f" ({plan.checkpoint})" if plan.checkpoint else ""
+            print(f"Nothing to do: the run in {training_args.output_dir} already finished at step "
+                  f"{plan.finished_step}{where}. Raise --max_steps to train further, or pass a new --output_dir "
+                  "to train again.")
+            return 0
+    except (ValueError, OSError) as err:  # OSError: a file that is missing or cannot be read
         raise SystemExit(f"run_pretrain: error: {err}") from err
-    trainer.run_settings = run_settings(model_args, data_args)
-    if training_args.overwrite_output_dir and trainer.is_world_process_zero():
-        clear_checkpoints(training_args.output_dir)
-    if checkpoint is not None and finished is not None:
-        # Killed after its last checkpoint: finish from it without training another step.
-        from transformers import TrainerState
-
-        trainer._load_from_checkpoint(checkpoint)
-        trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
-        trainer._load_callback_state()
-        print(f"{checkpoint} is the run's last step ({finished}): finishing it without training.")
-    else:
-        train_result = trainer.train(resume_from_checkpoint=checkpoint)
-        trainer.log_metrics("train", train_result.metrics)
-        trainer.save_metrics("train", train_result.metrics)
+    trainer = make_trainer(model, data, training_args, settings, callbacks)
+    if trainer.is_world_process_zero():
+        prepare_output_dir(plan, training_args.output_dir)
+    try:
+        _train(trainer, plan)
+    except (TrainingDivergedError, CheckpointSaveError) as err:
+        raise SystemExit(f"run_pretrain: error: {err}") from None
     metrics = trainer.evaluate()
     if problem := _nonfinite_result(trainer, metrics):
         monitor = trainer.stability
@@ -200,18 +226,11 @@ def main(argv: list[str] | None = None, callbacks=None) -> int:
         raise SystemExit(f"run_pretrain: error: the run diverged: {problem}. The last good checkpoint is "
                          f"{good or 'none'}. Lower --learning_rate or add warmup (--warmup_steps), and train again "
                          "in a new --output_dir.")
-    trainer.save_model()
-    trainer.log_metrics("eval", metrics)
-    trainer.save_metrics("eval", metrics)
-    dataset_info = {"name": data.source, "tokenizer": f"byte-level BPE, {len(data.tokenizer)} tokens"
-                    if not data_args.tokenizer_name else data_args.tokenizer_name,
-                    "sequence_length": data.block_size, "train_tokens": data.train_tokens,
-                    "validation_tokens": len(data.validation) * data.block_size}
-    # Explicit, so that a fresh model from --config_name is not taken for a fine-tune of that config's model.
-    card = {"finetuned_from": model_args.model_name_or_path}
-    written = write_run_artifacts(trainer, dataset_info=dataset_info, **card)
-    if training_args.push_to_hub:
-        trainer.push_to_hub(dataset_info=dataset_info, **card)
+    try:
+        written = _save(trainer, metrics, data, data_args, model_args)
+    except OSError as err:
+        raise SystemExit("run_pretrain: error: " + save_failure(training_args.output_dir, trainer.state.global_step,
+                                                                 err, what="the final model and results")) from None
     if trainer.is_world_process_zero():
         out = Path(training_args.output_dir)
         loss = metrics["eval_loss"]
@@ -221,3 +240,10 @@ def main(argv: list[str] | None = None, callbacks=None) -> int:
         for name, path in sorted(written.items()):
             print(f"  {name}: {Path(path).resolve()}")
     return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--check"]:
+        json.dump(check_commands(json.load(sys.stdin)), sys.stdout)
+    else:
+        sys.exit(main())

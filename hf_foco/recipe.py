@@ -86,6 +86,9 @@ def read_yaml(path: str | Path, what: str = "Recipe") -> Any:
 def read_recipe(path: str | Path) -> dict[str, Any]:
     """The mapping a recipe file holds; a missing, unreadable or non-mapping file fails naming it."""
     path = Path(path)
+    if path.is_dir():
+        raise FileNotFoundError(f"Recipe {str(path)!r} is a directory: pass a recipe file in it (see recipes/ for "
+                                "examples).")
     if not path.is_file():
         raise FileNotFoundError(f"Recipe {str(path)!r} does not exist (see recipes/ for examples).")
     recipe = read_yaml(path)
@@ -101,18 +104,59 @@ def field_names(parser: HfArgumentParser) -> set[str]:
     return {f.name for dtype in parser.dataclass_types for f in fields(dtype) if f.init}
 
 
+def _declared_types(parser: HfArgumentParser) -> dict[str, str]:
+    """Each field's type as its dataclass declares it (``HfArgumentParser`` narrows a union such as
+    ``dict | str | None`` to one argparse type), as text."""
+    declared = {}
+    for dtype in parser.dataclass_types:
+        for klass in reversed(dtype.__mro__):
+            declared.update({k: str(v) for k, v in vars(klass).get("__annotations__", {}).items()})
+    return declared
+
+
 def load_recipe(path: str | Path, parser: HfArgumentParser) -> dict[str, Any]:
-    """:func:`read_recipe`, with every key checked against the parser's fields."""
+    """:func:`read_recipe`, with every key checked against the parser's fields and every value against its
+    option (:func:`_recipe_value`)."""
     recipe = read_recipe(path)
     known = field_names(parser)
     unknown = set(recipe) - known
     if unknown:
         raise ValueError(f"Unknown key(s) in recipe {str(path)!r}: {unknown_names(unknown, known)}. Run with --help "
                          "for the valid keys.")
+    declared = _declared_types(parser)
     for action in parser._actions:
-        if action.dest in recipe and action.type in (int, float):
-            recipe[action.dest] = _number(path, action, recipe[action.dest])
+        if action.dest in recipe:
+            recipe[action.dest] = _recipe_value(path, action, recipe[action.dest], declared.get(action.dest, ""))
     return recipe
+
+
+def _recipe_value(path, action, value, declared: str):
+    """A recipe's value as the option would take it from the command line (YAML skips argparse's ``type``):
+    numbers checked (:func:`_number`); a mapping or a list only where the field takes one (a list option
+    given one value gets a list of it); a YAML boolean or number for a text option becomes its text, as
+    ``--key true`` would give."""
+    if action.type in (int, float):
+        return _number(path, action, value)
+    many = action.nargs in ("+", "*")
+    if (isinstance(value, dict) and "dict" not in declared) or (
+            isinstance(value, list) and not (many or "list" in declared)):
+        kind = "a mapping" if isinstance(value, dict) else "a list"
+        raise ValueError(f"Recipe {str(path)!r}: {action.dest}: {kind} ({value!r}), but --{action.dest} takes one "
+                         f"value; write it as on the command line, e.g. `{action.dest}: VALUE`.")
+    if many and value is not None and not isinstance(value, list):
+        value = [value]
+    if isinstance(action.type, type) and issubclass(action.type, str):
+        if isinstance(value, list):
+            return [_text(v) for v in value]
+        return _text(value)
+    return value
+
+
+def _text(value):
+    """A YAML scalar as command-line text: booleans as true/false, numbers as written."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value) if isinstance(value, int | float) else value
 
 
 def _number(path, action, value):
@@ -133,13 +177,45 @@ def _number(path, action, value):
     return value
 
 
+def is_recipe(arg: str) -> bool:
+    """Whether a command line's first argument names a recipe (a ``.yaml`` / ``.yml`` file, any case)."""
+    return Path(arg).suffix.lower() in RECIPE_SUFFIXES
+
+
 def parse_recipe_args(parser: HfArgumentParser, argv: Sequence[str]) -> tuple:
-    """``[RECIPE.yaml] [--key value ...]`` -> one instance per dataclass of ``parser``."""
+    """``[RECIPE.yaml] [--key value ...]`` -> one instance per dataclass of ``parser``; a first argument that
+    is not an option must be the recipe. Path options are checked (:func:`check_path_options`)."""
     argv = list(argv)
-    if argv and argv[0].endswith(RECIPE_SUFFIXES):
+    if argv and not argv[0].startswith("-"):
+        if not is_recipe(argv[0]):
+            raise ValueError(f"{argv[0]!r} is not a recipe: a recipe is a YAML file named *.yaml or *.yml, given "
+                             "first (see recipes/ for examples); every other argument is --key value.")
         parser.set_defaults(**load_recipe(argv.pop(0), parser))
         # Keys the recipe sets are no longer required on the command line (e.g. output_dir).
         for action in parser._actions:
             if action.dest in parser._defaults:
                 action.required = False
-    return parser.parse_args_into_dataclasses(args=argv)
+    parsed = parser.parse_args_into_dataclasses(args=argv)
+    check_path_options(parsed)
+    return parsed
+
+
+# Options that name a file or directory: every field whose name ends so, and these.
+_PATH_SUFFIXES = ("_dir", "_files", "_path", "_name_or_path")
+_PATH_NAMES = ("config_name", "tokenizer_name")
+_BOOLEAN_WORDS = ("true", "false", "yes", "no", "on", "off", "none", "null")
+
+
+def check_path_options(parsed: Sequence[Any]) -> None:
+    """Refuse a path option whose value reads as a boolean or null (``--output_dir true``, a recipe's
+    ``output_dir: yes``): almost always a slip, which would otherwise create or read a directory of that name."""
+    for obj in parsed:
+        for field in fields(obj):
+            if not (field.name.endswith(_PATH_SUFFIXES) or field.name in _PATH_NAMES):
+                continue
+            value = getattr(obj, field.name)
+            for item in value if isinstance(value, list) else [value]:
+                if isinstance(item, str) and item.strip().lower() in _BOOLEAN_WORDS:
+                    raise ValueError(f"--{field.name} {item!r} reads as a boolean, not a path (YAML reads unquoted "
+                                     f"true/yes/no as one): pass the path (./{item} if a file or directory is really "
+                                     "named so), or leave the option out.")

@@ -3,11 +3,16 @@ and short-run arguments of the end-to-end tests (their corpus fixture is in conf
 
 from __future__ import annotations
 
+import os
 import random
 import re
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 import torch
 import torch.nn.functional as F
 from datasets import Dataset
@@ -123,3 +128,24 @@ def kronecker_step(optimizer, model: nn.Module, batch: dict) -> None:
     if hasattr(optimizer, "receive_half_batch_difference"):
         optimizer.receive_half_batch_difference(half_batch_difference(model, optimizer.half_batch_params, batch))
     optimizer.step()
+
+
+@contextmanager
+def unwritable(path: Path) -> Iterator[None]:
+    """``path`` (a file or directory) made unwritable for this process, and back: immutable (``chattr +i``) for
+    root, whom file permissions do not stop; read-only for anyone else. Skips the test where neither works."""
+    if os.geteuid() == 0:
+        if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+            pytest.skip("chattr +i (to make a path unwritable for root) does not work here")
+        undo = ["chattr", "-i", str(path)]
+    else:
+        mode = path.stat().st_mode
+        path.chmod(mode & ~0o222)
+        undo = None
+    try:
+        yield
+    finally:
+        if undo:
+            subprocess.run(undo, check=True)
+        else:
+            path.chmod(mode)

@@ -11,11 +11,11 @@ bytes and modification time, and nothing new appeared there beyond what a row de
 it can enter in two places, both in the table:
 
 * before tokenization, as a JSON-lines text column holding numbers or NaN (arrow then reads the column as
-  numbers or JSON, and tokenizing it used to crash with an AttributeError): ``nan_in_jsonl_text`` must be
-  refused with the column named, before training;
+  numbers or JSON, which the tokenizer cannot read): ``nan_in_jsonl_text`` must be refused with the column
+  named, before training;
 * as a non-finite loss during training (a token whose embedding went NaN, simulated by a callback that writes
   NaN into the embedding table at every step): the stability monitor skips those steps and, after
-  ``--max_bad_steps`` of them in a row, stops with ``TrainingDivergedError`` before anything is saved, so the
+  ``--max_bad_steps`` of them in a row, stops the job (one line, exit 1) before anything is saved, so the
   checkpoint stays the last good state (``nonfinite_loss``; it only adds the ``stability.json`` summary).
 """
 
@@ -37,12 +37,11 @@ import torch
 from helpers import REPO, short_args, tiny_gpt2
 from transformers import TrainerCallback
 
-import hf_foco.valley
+import hf_foco.valley.experiment
 from hf_foco.cli import main as cli_main
 from hf_foco.data.corpus import local_corpus
 from hf_foco.optim import create_optimizer
 from hf_foco.pretrain import main
-from hf_foco.trainer import TrainingDivergedError
 
 RECIPE = REPO / "recipes" / "gpt2-nano" / "foco.yaml"
 FOP_RECIPE, KFAC_RECIPE = (REPO / "recipes" / "gpt2-nano" / f"{name}.yaml" for name in ("fop", "kfac"))
@@ -174,14 +173,16 @@ CASES = [
                r"JSON object per line"),
     Case("missing_text_column", lambda c: c.main("--text_column", "body"), EXIT,
          r"no text column 'body'; its columns are \['text'\]\. Pass --text_column with one of them"),
+    Case("empty_jsonl", lambda c: c.main("--train_files", c.file("rows.jsonl", "")), EXIT,
+         r"--train_files: .*rows\.jsonl holds no JSON rows \(it is empty\): add rows, one JSON object per line"),
     Case("nan_in_jsonl_text",
          lambda c: c.main("--train_files", c.file("rows.jsonl", '{"text": "def f(): pass"}\n{"text": NaN}\n' * 20)),
          EXIT, r"column 'text' holds Json\(decode=True\) values, not text only \(numbers or NaN in a JSON-lines "
                r"file\?\)\. Make every row's 'text' a string"),
     Case("nonfinite_loss",  # (main resumes from checkpoint-2, so it needs max_steps > 2 to train at all)
          lambda c: c.main("--max_steps", "6", "--max_bad_steps", "2", callbacks=[PoisonEmbeddings()]),
-         TrainingDivergedError, r"Stopped at step 4: 2 consecutive steps had non-finite gradients .* No checkpoint "
-                                r"before them is good\. Lower --learning_rate",
+         EXIT, r"run_pretrain: error: Stopped at step 4: 2 consecutive steps had non-finite gradients .* No checkpoint "
+               r"before them is good\. Lower --learning_rate",
          # checkpoint-2's weights led into the bad steps: marked, so no resume uses it
          writes=("checkpoint-2/nonfinite_next_step.json", "nonfinite.json", "stability.json")),
     Case("block_size_too_large", lambda c: c.main("--block_size", "512"), EXIT,
@@ -209,12 +210,17 @@ CASES = [
     Case("push_without_network", push_offline, EXIT,
          r"HF_HUB_OFFLINE=1 forbids network access\. The local run is unchanged \(train without --push_to_hub to keep "
          r"it local\); on a machine with network access run `hf-foco push"),
-    # Resuming with other settings than the checkpoint's (issue 11, #4, #5, #7): refused, naming each change.
+    # Resuming with other settings than the checkpoint's: refused, naming each change.
     Case("changed_optimizer", lambda c: c.main("--max_steps", "4", "--optim", "focus"), EXIT,
          r"checkpoint-2 was saved by another optimizer than this run's \(.*name: 'foco' -> 'focus'.*\).* pass "
          r"--reset_optimizer_state true"),
     Case("changed_learning_rate", lambda c: c.main("--max_steps", "4", "--learning_rate", "0.0123"), EXIT,
          r"another optimizer than this run's \(lr: [0-9.e-]+ -> 0\.0123\)"),
+    Case("changed_learning_rate_and_scheduler",  # two sections at once: both named in one refusal
+         lambda c: c.main("--max_steps", "4", "--learning_rate", "0.0123", "--lr_scheduler_type", "constant"), EXIT,
+         r"checkpoint-2 was saved by another optimizer than this run's \(lr: [0-9.e-]+ -> 0\.0123\) and with other "
+         r"settings than this run's \(training: lr_scheduler_type: 'cosine' -> 'constant'\).*Rerun with the "
+         r"checkpoint's settings.*--reset_optimizer_state true .*\(for the optimizer's change only\)"),
     Case("changed_config_overrides", lambda c: c.main("--max_steps", "4", "--config_overrides", "resid_pdrop=0.5"),
          EXIT, r"saved with other settings than this run's \(model: config_overrides: None -> 'resid_pdrop=0\.5'\)"
                r".*pass a new --output_dir \(or --overwrite_output_dir true\)"),
@@ -229,12 +235,39 @@ CASES = [
         "--max_steps", "4", "--resume_from_checkpoint", str(c.out / "checkpoint-3")), EXIT,
         r"checkpoint-3 cannot be resumed from: no optimizer state .*or pass --reset_optimizer_state true",
         prepare=without("optimizer.pt")),
+    Case("explicit_checkpoint_without_trainer_state", lambda c: c.main(
+        "--max_steps", "4", "--resume_from_checkpoint", str(c.out / "checkpoint-3")), EXIT,
+        r"checkpoint-3 cannot be resumed from: no trainer_state\.json, the file written last\. Resume from another",
+        prepare=without("trainer_state.json")),
+    Case("explicit_checkpoint_of_a_file", lambda c: c.main(
+        "--max_steps", "4", "--resume_from_checkpoint", c.file("ckpt.safetensors", "x")), EXIT,
+        r"ckpt\.safetensors cannot be resumed from: no such directory"),
+    Case("resume_false_over_a_checkpoint", lambda c: c.main(
+        "--max_steps", "4", recipe=c.recipe("resume_from_checkpoint: false\n")), EXIT,
+        r"--resume_from_checkpoint false: .* holds checkpoint-2, which starting from scratch would overwrite\. Leave the "
+        r"flag out to resume from it"),
+    Case("path_option_true", lambda c: c.main("--data_cache_dir", "true"), EXIT,
+         r"--data_cache_dir 'true' reads as a boolean, not a path .*: pass the path \(\./true if"),
+    Case("path_option_yes_in_recipe", lambda c: c.main(recipe=c.recipe("tokenizer_name: yes\n")), EXIT,
+         r"--tokenizer_name 'true' reads as a boolean, not a path"),
+    Case("recipe_mapping_for_a_text_option", lambda c: c.main(recipe=c.recipe("optim_args: {gamma: 0.2}\n")), EXIT,
+         r"Recipe .*: optim_args: a mapping \(\{'gamma': 0\.2\}\), but --optim_args takes one value"),
+    Case("recipe_list_for_a_number", lambda c: c.main(recipe=c.recipe("learning_rate: [1.0e-3, 2.0e-3]\n")), EXIT,
+         r"learning_rate: \[0\.001, 0\.002\] is not a number"),
+    Case("recipe_not_yaml", lambda c: c.main(recipe=c.file("foco.json", '{"optim": "foco"}')), EXIT,
+         r"'.*foco\.json' is not a recipe: a recipe is a YAML file named \*\.yaml or \*\.yml, given first"),
     Case("explicit_checkpoint_without_scheduler", lambda c: c.main(
         "--max_steps", "4", "--resume_from_checkpoint", str(c.out / "checkpoint-3")), EXIT,
         r"checkpoint-3 cannot be resumed from: no scheduler state", prepare=without("scheduler.pt")),
-    # Arguments transformers accepts but trains wrongly with (issue 11, bad input).
+    # Arguments transformers accepts but trains wrongly with.
     Case("native_lr_inf", lambda c: c.main("--optim", "adamw_torch", "--learning_rate", "inf"), EXIT,
          r"--learning_rate inf is not a finite number: pass one like 3e-4"),
+    Case("native_beta_out_of_range", lambda c: c.main("--optim", "adamw_torch", "--optim_args", "", "--adam_beta2", "1.5"),
+         EXIT,
+         r"--optim adamw_torch: Invalid beta parameter at index 1: 1\.5\. Fix it with .*--adam_beta1/--adam_beta2"),
+    Case("native_optimizer_with_the_recipes_gamma", lambda c: c.main("--optim", "adamw_torch"), EXIT,  # foco.yaml
+         r"--optim_args gamma=0\.2: transformers' adamw_torch does not take it, and would drop it silently\. Remove "
+         r"it \(--optim_args '' clears a recipe's\)"),
     Case("native_lr_nan", lambda c: c.main("--optim", "adamw_torch", "--learning_rate", "nan"), EXIT,
          r"--learning_rate nan is not a finite number"),
     Case("registry_lr_inf", lambda c: c.main("--learning_rate", "inf"), EXIT,
@@ -249,7 +282,7 @@ CASES = [
          r"--max_eval_blocks 0: it must be >= 1 \(or leave it unset\)"),
     Case("zero_vocabulary", lambda c: c.main("--tokenizer_vocab_size", "0"), EXIT,
          r"--tokenizer_vocab_size 0: it must be >= 1\."),
-    # The same classes beyond the issue's list: counts, sizes and numbers that train nothing or wrongly.
+    # Counts, sizes and numbers that train nothing or wrongly.
     Case("zero_batch_size", lambda c: c.main("--per_device_train_batch_size", "0"), EXIT,
          r"--per_device_train_batch_size 0: it must be >= 1\."),
     Case("zero_save_steps", lambda c: c.main("--save_strategy", "steps", "--save_steps", "0"), EXIT,
@@ -260,6 +293,9 @@ CASES = [
          r"--max_grad_norm nan: it must be a finite number >= 0 \(0: no clipping\)\."),
     Case("zero_layers", lambda c: c.main("--config_overrides", "n_layer=0"), EXIT,
          r"--config_overrides n_layer=0: n_layer must be a whole number >= 1\."),
+    Case("vocab_size_override", lambda c: c.main("--config_overrides", "vocab_size=100"), EXIT,
+         r"--config_overrides vocab_size=100: a fresh model takes its vocabulary size and special token ids from the "
+         r"tokenizer \(vocab_size=512\)\. Drop them .* --tokenizer_vocab_size N"),
     Case("config_override_of_the_wrong_type", lambda c: c.main("--config_overrides", "resid_pdrop=high"), EXIT,
          r"--config_overrides resid_pdrop='high': .*Field 'resid_pdrop'"),
     Case("optim_kwargs_not_json", lambda c: c.main("--optim_kwargs", "{gamma: 0.2}"), EXIT,
@@ -285,10 +321,6 @@ def checkpoint(workspace):
     out = workspace["root"] / "seed_run"
     main([str(RECIPE), *short_args(out, workspace["data_keys"]), "--save_strategy", "steps", "--save_steps", "2"])
     return out / "checkpoint-2"
-
-
-def test_the_matrix_is_large_and_unique():
-    assert len(CASES) >= 15 and len({c.id for c in CASES}) == len(CASES)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
@@ -331,17 +363,17 @@ def _refuse_network(self, *args, **kwargs):
 
 
 @pytest.mark.parametrize(("repo_id", "network", "message"), [
-    ("not a repo//id", True, r"--repo-id 'not a repo//id' is not a Hub repository id \(.*\)\. Pass one like "
+    ("not a repo//id", True, r"--repo_id 'not a repo//id' is not a Hub repository id \(.*\)\. Pass one like "
                              r"'USER/NAME'\."),
     ("someone/tiny", False, r"Cannot push .* to someone/tiny: HTTPError: \[Errno -3\] Temporary failure in name "
-                            r"resolution\. Check the network, .* run `hf-foco push .* --repo-id someone/tiny` again"),
+                            r"resolution\. Check the network, .* run `hf-foco push .* --repo_id someone/tiny` again"),
 ])
 def test_push_fails_before_rewriting_the_card(saved_run, repo_id, network, message, monkeypatch, capsys):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", _refuse_network)
     monkeypatch.setattr(huggingface_hub.HfApi, "create_commit", _refuse_network)
     before = snapshot(saved_run)
-    assert cli_main(["push", str(saved_run), "--repo-id", repo_id]) == 1
+    assert cli_main(["push", str(saved_run), "--repo_id", repo_id]) == 1
     err = capsys.readouterr().err
     assert re.search(message, err) and err.count("\n") == 1, err
     assert snapshot(saved_run) == before
@@ -349,9 +381,9 @@ def test_push_fails_before_rewriting_the_card(saved_run, repo_id, network, messa
 
 def test_push_refuses_dataset_info_that_is_not_a_json_object(saved_run, capsys):
     with pytest.raises(SystemExit) as raised:
-        cli_main(["push", str(saved_run), "--repo-id", "someone/tiny", "--dataset-info", "{name: x}"])
+        cli_main(["push", str(saved_run), "--repo_id", "someone/tiny", "--dataset_info", "{name: x}"])
     assert raised.value.code == 2
-    assert "argument --dataset-info: '{name: x}' is not a JSON object: write it like" in capsys.readouterr().err
+    assert "argument --dataset_info: '{name: x}' is not a JSON object: write it like" in capsys.readouterr().err
 
 
 STUDY = f"""name: broken
@@ -373,6 +405,39 @@ def test_compare_refuses_a_malformed_study(tmp_path, text, message, capsys):
     err = capsys.readouterr().err
     assert re.search(message, err) and err.count("\n") == 1, err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("lines", "message"), [
+    ("optimizers:\n  foco: [1.0e-3]\n", r"optimizer 'foco' must map to its settings, not to list \[0\.001\]\. Write "
+                                        r"it like `foco: \{learning_rates: \[3\.0e-4, 1\.0e-3\]\}`"),
+    ("optimizers:\n  foco: {learning_rates: [1.0e-3], overrides: [max_steps]}\n",
+     r"overrides of optimizer 'foco' must be a mapping, not a list \(\['max_steps'\]\)"),
+    ("optimizers:\n  foco: {learning_rates: [1.0e-3]}\nlearning_rates_from: yes\n",
+     r"learning_rates_from must be a string, not a boolean \(YAML reads unquoted true/false/yes/no as one\)"),
+    ("optimizers:\n  foco: {learning_rates: [1.0e-3]}\noverrides: [max_steps, 10]\n",
+     r"overrides must be a mapping, not a list"),
+    ("optimizers:\n  foco: {learning_rates: [1.0e-3]}\nanalysis: {spike_windw: 8}\n",
+     r"analysis: .*unexpected keyword argument 'spike_windw'.* It takes spike_window"),
+    ("optimizers:\n  foco: {learning_rates: [1.0e-3]}\nseeds: [0, true]\n", r"'seeds' must be a non-empty list of integers"),
+    ("optimizers:\n  foco: {learning_rates: [1.0e-3]}\nworld_size: two\n", r"world_size must be an integer, not a string"),
+])
+def test_compare_refuses_a_study_of_the_wrong_shape(tmp_path, lines, message, capsys):
+    """Every key's value is checked for its YAML type before it is used: one line, exit 2, nothing written."""
+    study = tmp_path / "study.yaml"
+    study.write_text(f"name: broken\nrecipe: {REPO}/recipes/gpt2-nano/{{optimizer}}.yaml\n" + lines)
+    assert cli_main(["compare", str(study), "--output_dir", str(tmp_path / "out"), "--dry_run"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_compare_report_only_without_a_finished_run_fails(tmp_path, capsys):
+    """Nothing has run yet: the report is empty, and the command says so with exit 1."""
+    study = tmp_path / "study.yaml"
+    study.write_text(STUDY)
+    assert cli_main(["compare", str(study), "--output_dir", str(tmp_path / "out"), "--report_only"]) == 1
+    assert re.search(r"none of the study's 1 run\(s\) finished; run the study first \(the same command without "
+                     r"--report_only\)", capsys.readouterr().err)
 
 
 def test_compare_fails_when_no_run_of_the_study_finished(tmp_path, capsys):
@@ -401,16 +466,16 @@ def test_valley_refuses_an_out_dir_that_is_a_file_before_the_sweep(tmp_path, out
     def no_sweep(*args, **kwargs):
         raise AssertionError("the sweep started")
 
-    monkeypatch.setattr(hf_foco.valley, "sweep", no_sweep)
-    with pytest.raises(SystemExit, match=r"--out-dir .*taken.* cannot hold the CSV and plots: .*taken is a file, not "
-                                         r"a directory\. Pass another --out-dir"):
-        cli_main(["valley", "--preset", "quick", "--out-dir", str(tmp_path / out_dir)])
+    monkeypatch.setattr(hf_foco.valley.experiment, "sweep", no_sweep)
+    with pytest.raises(SystemExit, match=r"--output_dir .*taken.* cannot hold the CSV and plots: .*taken is a file, "
+                                         r"not a directory\. Pass another --output_dir"):
+        cli_main(["valley", "--preset", "quick", "--output_dir", str(tmp_path / out_dir)])
     assert (tmp_path / "taken").read_text() == "a file"
 
 
 def test_valley_refuses_an_empty_axis(tmp_path):
-    with pytest.raises(SystemExit, match=r"--n-sigma, --n-a, .* must be >= 1 .*got 0, "):
-        cli_main(["valley", "--preset", "quick", "--n-sigma", "0", "--out-dir", str(tmp_path / "v")])
+    with pytest.raises(SystemExit, match=r"--n_sigma, --n_a, .* must be >= 1 .*got 0, "):
+        cli_main(["valley", "--preset", "quick", "--n_sigma", "0", "--output_dir", str(tmp_path / "v")])
 
 
 def test_text_that_is_not_utf8_is_read_with_a_warning_that_counts_it(tmp_path, caplog):

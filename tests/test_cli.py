@@ -60,6 +60,27 @@ def test_optimizers_says_kronecker_factors_for_the_second_order_ones(capsys):
     assert "`hf-foco run SCRIPT.py --optim NAME ...`" in text  # where a stock script's closed --optim list ends
 
 
+def test_the_old_dashed_option_spellings_still_work_with_a_note(tmp_path, capsys):
+    """``--repo-id``, ``--out-dir``, ``--n-sigma``, ... are ``--repo_id``, ``--output_dir``, ``--n_sigma`` now;
+    the old spelling (also as ``--flag=value``) reaches the same option, says so on stderr, and is not in the
+    help."""
+    for old, new in cli.RENAMED.items():
+        assert new == old.replace("-", "_").replace("__", "--").replace("out_dir", "output_dir")
+    (tmp_path / "run").mkdir()
+    assert cli.main(["push", str(tmp_path / "run"), "--repo-id", "not a repo//id"]) == 1
+    err = capsys.readouterr().err
+    assert "hf-foco push: --repo-id is now spelled --repo_id" in err
+    assert "--repo_id not a repo//id`" in err  # the value reached --repo_id (offline: the push stops there)
+    with pytest.raises(SystemExit, match=r"--n_sigma, --n_a, .* must be >= 1 .*got 0, "):
+        cli.main(["valley", "--n-sigma=0", f"--out-dir={tmp_path / 'v'}"])
+    err = capsys.readouterr().err
+    assert "--n-sigma is now spelled --n_sigma" in err and "--out-dir is now spelled --output_dir" in err
+    with pytest.raises(SystemExit):
+        cli.main(["valley", "--help"])
+    text = capsys.readouterr().out
+    assert "--n_sigma" in text and "--output_dir" in text and "--n-sigma" not in text and "--out-dir" not in text
+
+
 @pytest.fixture
 def fresh_kernel_build():
     """Forget this process's kernel build (before and after), so a test builds anew."""

@@ -11,24 +11,36 @@ import shutil
 import signal
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import REPO, common_args, short_args, text_dataset, tiny_gpt2, token_batches
+from helpers import (
+    REPO,
+    common_args,
+    kronecker_step,
+    short_args,
+    text_dataset,
+    tiny_gpt2,
+    token_batches,
+    unwritable,
+)
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from hf_foco.optim import create_optimizer
 from hf_foco.pretrain import main as pretrain_main
-from hf_foco.trainer import FocoTrainer, FocoTrainingArguments
+from hf_foco.trainer import FocoTrainer, FocoTrainingArguments, StabilityCallback
 from hf_foco.trainer.checkpoints import (
+    ResumePlan,
     checkpoint_problem,
-    checkpoint_to_resume,
-    clear_checkpoints,
     latest_complete_checkpoint,
+    plan_resume,
+    prepare_output_dir,
     rng_problem,
 )
+from hf_foco.trainer.trainer import CheckpointSaveError
 
 # run_pretrain with a step trace on stdout and, with $CRASH_AT set, a SIGKILL of its own process:
 # "step:N" right after step N (between checkpoints), "save:N" in the middle of writing checkpoint-N (model,
@@ -107,6 +119,8 @@ def test_sigkilled_runs_resume_from_the_latest_complete_checkpoint_and_end_ident
         assert rc == 0, log[-3000:]
         assert f"Resuming from {out / f'checkpoint-{resumed_from}'}," in log, log[-3000:]
         assert (f"Skipping partial checkpoint {partial}: no trainer_state.json" in log) == (out == during)
+        # The partial checkpoint-8 it would write again was moved aside, whole, before the rerun trained.
+        assert (out / "checkpoint-8.incomplete" / "optimizer.pt").is_file() == (out == during)
         assert steps == list(range(resumed_from + 1, MAX_STEPS + 1)), (out.name, steps)
         final = load_file(out / "model.safetensors")
         expected = load_file(reference / "model.safetensors")
@@ -116,7 +130,7 @@ def test_sigkilled_runs_resume_from_the_latest_complete_checkpoint_and_end_ident
         # The rerun trained: its weights moved away from the checkpoint it resumed from.
         start = load_file(out / f"checkpoint-{resumed_from}" / "model.safetensors")
         assert any(not torch.equal(start[key], value) for key, value in expected.items())
-    assert checkpoint_problem(partial) is None  # the rerun rewrote checkpoint-8 completely
+    assert checkpoint_problem(partial) is None  # the rerun wrote checkpoint-8 anew, completely
 
 
 @pytest.fixture(scope="module")
@@ -187,14 +201,21 @@ def test_a_partial_checkpoint_is_skipped_with_a_warning_naming_it(real_checkpoin
         "checkpoint-12", "checkpoint-20", "checkpoint-4", "checkpoint-8", "checkpoint-final"]
 
 
+def _plan(output_dir, resume=None, world_size=1, overwrite=False, record=None, max_steps=100) -> ResumePlan:
+    """plan_resume for a run with training arguments of these values and ``record`` (default: none)."""
+    args = SimpleNamespace(resume_from_checkpoint=resume, overwrite_output_dir=overwrite, world_size=world_size,
+                           reset_optimizer_state=False, max_steps=max_steps, stability_monitor=True)
+    return plan_resume(output_dir, args, record or {})
+
+
 def test_another_world_size_resumes_with_a_warning_about_rng_streams(real_checkpoint, tmp_path, caplog):
-    """A checkpoint of a 1-process run is complete for a 2-process rerun (issue 11 #1): it is resumed, not
-    judged partial and overwritten; the warning says the random streams differ."""
+    """A checkpoint of a 1-process run is complete for a 2-process rerun: it is resumed, not judged partial and
+    overwritten; the warning says the random streams differ."""
     checkpoint = _copy(real_checkpoint, tmp_path, 2)
     assert checkpoint_problem(checkpoint) is None
     assert "rng_state_0.pth, rng_state_1.pth" in rng_problem(checkpoint, world_size=2)
     with caplog.at_level(logging.WARNING):
-        assert checkpoint_to_resume(tmp_path, world_size=2) == str(checkpoint)
+        assert _plan(tmp_path, world_size=2).checkpoint == str(checkpoint)
     assert "random streams" in caplog.text
     shutil.copy(checkpoint / "rng_state.pth", checkpoint / "rng_state_0.pth")
     shutil.copy(checkpoint / "rng_state.pth", checkpoint / "rng_state_1.pth")
@@ -209,38 +230,161 @@ def test_a_finished_checkpoint_that_cannot_resume_is_never_overwritten(real_chec
     with pytest.raises(ValueError, match=r"holds checkpoint-4 \(no optimizer state .*\) of an earlier run but no "
                                          r"checkpoint to resume from, .*Pass a new --output_dir, or "
                                          r"--overwrite_output_dir true"):
-        checkpoint_to_resume(tmp_path)
+        _plan(tmp_path)
     (checkpoint / "nonfinite_next_step.json").write_text('{"nonfinite_step": 5}')  # the NaN guard's mark
     with pytest.raises(ValueError, match=r"holds checkpoint-4 \(nonfinite_next_step\.json: the step after it had "
                                          r"non-finite gradients"):
-        checkpoint_to_resume(tmp_path)
-    assert checkpoint_to_resume(tmp_path, overwrite=True) is None
-    assert clear_checkpoints(tmp_path) == ["checkpoint-4"] and not checkpoint.exists()
+        _plan(tmp_path)
+    assert _plan(tmp_path, overwrite=True) == ResumePlan(clear=True)
+    assert prepare_output_dir(ResumePlan(clear=True), tmp_path) == ["checkpoint-4"] and not checkpoint.exists()
     shutil.copy(real_checkpoint / "model.safetensors", tmp_path / "model.safetensors")
     with pytest.raises(ValueError, match=r"holds model\.safetensors"):
-        checkpoint_to_resume(tmp_path)
+        _plan(tmp_path)
 
 
 def test_only_partial_checkpoints_or_none_start_from_scratch(real_checkpoint, tmp_path):
     assert latest_complete_checkpoint(tmp_path / "missing") is None
-    assert checkpoint_to_resume(tmp_path) is None
+    assert _plan(tmp_path).checkpoint is None
     (_copy(real_checkpoint, tmp_path, 4) / "trainer_state.json").unlink()
     assert latest_complete_checkpoint(tmp_path) is None
-    assert checkpoint_to_resume(tmp_path) is None
+    assert _plan(tmp_path).checkpoint is None
 
 
-def test_resume_flag_keeps_a_path_and_resolves_latest(real_checkpoint, tmp_path):
-    assert checkpoint_to_resume(tmp_path, "/some/where/checkpoint-7") == "/some/where/checkpoint-7"
+def test_resume_flag_checks_a_path_and_resolves_latest(real_checkpoint, tmp_path):
+    with pytest.raises(ValueError, match="--resume_from_checkpoint /some/where/checkpoint-7 cannot be resumed from: "
+                                         "no such directory"):
+        _plan(tmp_path, "/some/where/checkpoint-7")
     for word in ("latest", "true", "True"):
         with pytest.raises(ValueError, match=f"--resume_from_checkpoint {word}: .* holds no complete checkpoint"):
-            checkpoint_to_resume(tmp_path, word)
+            _plan(tmp_path, word)
     checkpoint = _copy(real_checkpoint, tmp_path, 6)
-    assert checkpoint_to_resume(tmp_path, "latest") == checkpoint_to_resume(tmp_path) == str(checkpoint)
+    assert _plan(tmp_path, "latest").checkpoint == _plan(tmp_path).checkpoint == str(checkpoint)
     # An explicit path wins over the latest checkpoint.
-    assert checkpoint_to_resume(tmp_path, str(real_checkpoint)) == str(real_checkpoint)
+    assert _plan(tmp_path, str(real_checkpoint)).checkpoint == str(real_checkpoint)
 
 
-# -- end to end through the pretraining job (issue 11 #2, #3) -------------------------------------------------
+def test_a_checkpoint_the_run_does_not_use_is_moved_aside_not_overwritten(real_checkpoint, tmp_path, caplog):
+    """checkpoint-4 with intact weights but no (or a corrupt) optimizer.pt: the rerun resumes from checkpoint-2,
+    and checkpoint-4, which it would write again at step 4, is moved aside to a name that says why, whole. So
+    is every later checkpoint when an earlier one is named explicitly."""
+    good = _copy(real_checkpoint, tmp_path, 2)
+    partial = _copy(real_checkpoint, tmp_path, 4)
+    (partial / "optimizer.pt").unlink()
+    corrupt = _copy(real_checkpoint, tmp_path, 6)
+    _damage_interior(corrupt / "optimizer.pt")
+    files = {p.name: _files(p) for p in (partial, corrupt)}
+    plan = _plan(tmp_path)
+    assert plan.checkpoint == str(good)
+    assert plan.set_aside == ((str(corrupt), "corrupt"), (str(partial), "incomplete"))
+    with caplog.at_level(logging.WARNING):
+        assert prepare_output_dir(plan, tmp_path) == ["checkpoint-6.corrupt", "checkpoint-4.incomplete"]
+    assert "Moved checkpoint-4 aside to checkpoint-4.incomplete" in caplog.text
+    assert _files(tmp_path / "checkpoint-4.incomplete") == files["checkpoint-4"]
+    assert _files(tmp_path / "checkpoint-6.corrupt") == files["checkpoint-6"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2", "checkpoint-4.incomplete",
+                                                          "checkpoint-6.corrupt"]
+    later = _copy(real_checkpoint, tmp_path, 4)  # complete, but the run is told to resume from checkpoint-2
+    plan = _plan(tmp_path, str(good))
+    assert plan.set_aside == ((str(later), "unused"),)
+    assert prepare_output_dir(plan, tmp_path) == ["checkpoint-4.unused"]
+
+
+def test_a_checkpoint_a_save_would_touch_is_checked_for_writing_up_front(real_checkpoint, tmp_path):
+    """A checkpoint directory made immutable: the run would fail writing its step again (or rotating it out)
+    only after training up to it. The plan refuses it before any step, naming it."""
+    _copy(real_checkpoint, tmp_path, 2)
+    partial = _copy(real_checkpoint, tmp_path, 4)
+    (partial / "trainer_state.json").unlink()
+    with unwritable(partial), pytest.raises(ValueError, match=r"--output_dir .* cannot hold the run's checkpoints: "
+                                                              r".*checkpoint-4 is not writable\. Pass a --output_dir"):
+        _plan(tmp_path)
+    with unwritable(partial / "model.safetensors"), pytest.raises(ValueError, match=r"model\.safetensors is not "
+                                                                                    r"writable"):
+        _plan(tmp_path)
+    assert _plan(tmp_path).set_aside == ((str(partial), "incomplete"),)
+
+
+def test_a_finished_run_is_done_only_with_every_file_there(real_checkpoint, tmp_path):
+    """Killed after its last checkpoint, its final save and its evaluation, but before its own files: the run is
+    not done; the plan names what is missing, for the job to write without training."""
+    checkpoint = _copy(real_checkpoint, tmp_path, 2)
+    for name in ("model.safetensors", "config.json"):
+        shutil.copy(checkpoint / name, tmp_path / name)
+    (tmp_path / "eval_results.json").write_text('{"eval_loss": 4.0}')
+    (tmp_path / "all_results.json").write_text('{"eval_loss": 4.0}')
+    plan = _plan(tmp_path, max_steps=2)
+    assert (plan.checkpoint, plan.finished_step, plan.done) == (str(checkpoint), 2, False)
+    assert set(plan.missing) == {"trainer_state.json", "training_args.json", "run_info.json", "resume_record.json",
+                                 "stability.json", "loss_curve.png", "README.md"}
+    for name in plan.missing:
+        (tmp_path / name).write_text("{}")
+    assert _plan(tmp_path, max_steps=2).done
+    assert not _plan(tmp_path, max_steps=4).done  # a larger --max_steps trains further
+
+
+def test_a_finished_run_without_checkpoints_is_done_and_compared(real_checkpoint, tmp_path):
+    """--save_strategy no: the final files alone say the run finished; its recorded settings are compared."""
+    for name in ("model.safetensors", "config.json", "trainer_state.json"):
+        shutil.copy(real_checkpoint / name, tmp_path / name)
+    for name in ("eval_results.json", "all_results.json", "training_args.json", "run_info.json", "stability.json",
+                 "loss_curve.png", "README.md"):
+        (tmp_path / name).write_text("{}")
+    (tmp_path / "resume_record.json").write_text(json.dumps({"optimizer": {"name": "foco", "lr": 0.001}}))
+    assert _plan(tmp_path, max_steps=2) == ResumePlan(finished_step=2)
+    with pytest.raises(ValueError, match=r"The finished run in .* was saved by another optimizer than this run's "
+                                         r"\(lr: 0\.001 -> 0\.002\)"):
+        _plan(tmp_path, max_steps=2, record={"optimizer": {"name": "foco", "lr": 0.002}})
+    with pytest.raises(ValueError, match=r"holds model\.safetensors of an earlier run but no checkpoint"):
+        _plan(tmp_path, max_steps=4)
+
+
+def test_resume_false_starts_from_scratch_only_where_nothing_is_overwritten(real_checkpoint, tmp_path):
+    assert _plan(tmp_path, "false") == ResumePlan()
+    _copy(real_checkpoint, tmp_path, 2)
+    with pytest.raises(ValueError, match=r"--resume_from_checkpoint False: .* holds checkpoint-2, which starting "
+                                         r"from scratch would overwrite"):
+        _plan(tmp_path, False)  # a recipe's unquoted `false`
+
+
+def test_a_failed_save_stops_naming_the_last_good_checkpoint(tmp_path):
+    """The output directory becomes unwritable after checkpoint-1: the save of checkpoint-2 stops the run with
+    one message that names checkpoint-1, instead of an OSError from inside the Trainer."""
+
+    class LockAfterFirstSave(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == 1:
+                lock.__enter__()
+
+    out = tmp_path / "run"
+    lock = unwritable(out)
+    args = FocoTrainingArguments(**common_args(out, optim="foco", max_steps=2, save_strategy="steps", save_steps=1))
+    trainer = FocoTrainer(model=tiny_gpt2(), args=args, train_dataset=text_dataset(16), callbacks=[LockAfterFirstSave()])
+    try:
+        with pytest.raises(CheckpointSaveError, match=r"could not write checkpoint-2 in .*run \((PermissionError|"
+                                                      r"OSError): .*\)\. The last good checkpoint is .*run/checkpoint-1: "
+                                                      r"make .* writable \(or free space\), then rerun the same "
+                                                      r"command"):
+            trainer.train()
+    finally:
+        lock.__exit__(None, None, None)
+    assert checkpoint_problem(out / "checkpoint-1") is None
+
+
+def test_a_run_that_ends_well_sets_an_earlier_nonfinite_record_aside(tmp_path):
+    """nonfinite.json of an earlier, diverged attempt is renamed when a later run in the same directory ends
+    well, so no file in it says this run stopped; a diverged run keeps (rewrites) it."""
+    (tmp_path / "nonfinite.json").write_text('{"first_bad_step": 3}')
+    state = SimpleNamespace(is_world_process_zero=True, log_history=[{"step": 1, "loss": 2.0}], global_step=1)
+    monitor = StabilityCallback()
+    assert monitor.write_summary(SimpleNamespace(output_dir=str(tmp_path)), state)["status"] == "ok"
+    assert not (tmp_path / "nonfinite.json").exists()
+    assert json.loads((tmp_path / "nonfinite.earlier.json").read_text()) == {"first_bad_step": 3}
+    monitor.skipped_steps, monitor.consecutive_bad = [2], 1
+    monitor.diverge(SimpleNamespace(output_dir=str(tmp_path)), state)
+    assert json.loads((tmp_path / "nonfinite.json").read_text())["first_bad_step"] == 2
+
+
+# -- end to end through the pretraining job ------------------------------------------------------------------
 
 class Steps(TrainerCallback):
     """The optimizer steps a run trained, and every loss it logged."""
@@ -269,20 +413,35 @@ def test_a_finished_run_rerun_is_a_no_op_and_a_run_killed_after_its_last_checkpo
     argv = [str(REPO / "recipes" / "gpt2-nano" / "foco.yaml"), *short_args(out, workspace["data_keys"]),
             "--save_strategy", "steps", "--save_steps", "2", "--lr_scheduler_type", "constant"]
     assert pretrain_main(argv) == 0
-    finished = _files(out)
+    finished, loss = _files(out), json.loads((out / "eval_results.json").read_text())["eval_loss"]
     steps = Steps()
     assert pretrain_main(argv, callbacks=[steps]) == 0  # the same command again
     assert steps.trained == [] and _files(out) == finished
     assert f"Nothing to do: the run in {out} already finished at step 2" in capsys.readouterr().out
+    # Killed after the final save and evaluation, before the run's own files: the rerun writes them, without
+    # training, and says so; then it is done.
+    own = ("trainer_state.json", "run_info.json", "loss_curve.png", "README.md", "training_args.json")
+    for name in own:
+        (out / name).unlink()
+    steps = Steps()
+    assert pretrain_main(argv, callbacks=[steps]) == 0
+    assert steps.trained == [] and all((out / name).is_file() for name in own)
+    assert (f"Completing the run in {out}: {out / 'checkpoint-2'} is its last step (2), but trainer_state.json, "
+            "training_args.json, run_info.json, loss_curve.png, README.md are missing; writing them without "
+            "training.") in capsys.readouterr().out
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 2
+    assert json.loads((out / "eval_results.json").read_text())["eval_loss"] == loss  # the same weights, evaluated
     # Killed after writing checkpoint-2 (its last step) but before the final save: the rerun finishes from it.
     for name in ("model.safetensors", "eval_results.json", "all_results.json"):
         (out / name).unlink()
     steps = Steps()
     assert pretrain_main(argv, callbacks=[steps]) == 0
     assert steps.trained == []
-    assert "checkpoint-2 is the run's last step (2): finishing it without training" in capsys.readouterr().out
+    assert "model.safetensors, eval_results.json, all_results.json are missing; writing them without training" in \
+        capsys.readouterr().out
     final, saved = load_file(out / "model.safetensors"), load_file(out / "checkpoint-2" / "model.safetensors")
     assert final.keys() == saved.keys() and all(torch.equal(final[k], saved[k]) for k in saved)
+    assert pretrain_main(argv) == 0 and "Nothing to do" in capsys.readouterr().out
 
 
 @pytest.mark.slow
@@ -306,7 +465,33 @@ def test_a_run_that_ends_diverged_exits_1_saves_nothing_of_it_and_logs_no_zero_l
     assert math.isfinite(steps.losses[1]) and all(math.isnan(steps.losses[s]) for s in (2, 3, 4)), steps.losses
 
 
-# -- the stability record and the optimizer's state across a resume (issue 11 #4, #7) ---------------------
+@pytest.mark.slow
+def test_a_divergence_stop_under_accelerate_launch_is_one_line_and_a_later_good_run_sets_its_record_aside(
+        workspace, tmp_path):
+    """The NaN guard's stop (steps 2-4 non-finite, --max_bad_steps 3) under ``accelerate launch -q`` (-q: the
+    launcher adds no traceback of its own): exit 1 and one line from the job. A later run in the same directory
+    that ends well renames the stale nonfinite.json, beside a stability.json that says ok."""
+    out = tmp_path / "run"
+    argv = [str(REPO / "recipes" / "gpt2-nano" / "foco.yaml"), *short_args(out, workspace["data_keys"])]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "-q", "--config_file",
+              str(REPO / "recipes" / "accelerate_configs" / "cpu.yaml"), "-m", "hf_foco.cli", "train"]
+    diverging = ["--max_steps", "6", "--learning_rate", "1e30", "--warmup_steps", "0", "--max_bad_steps", "3",
+                 "--disable_tqdm", "true"]
+    proc = subprocess.run([*launch, *argv, *diverging], env=workspace["env"], capture_output=True, text=True,
+                          timeout=600)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and "Traceback" not in output, output[-3000:]
+    (error,) = [line for line in output.splitlines() if line.startswith("run_pretrain: error:")]
+    assert re.search(r"Stopped at step 4: 3 consecutive steps had non-finite gradients \(skipped steps: \[2, 3, "
+                     r"4\]\)\. No checkpoint before them is good\. Lower --learning_rate", error), error
+    assert json.loads((out / "nonfinite.json").read_text())["first_bad_step"] == 2
+    assert pretrain_main(argv) == 0  # the recipe's learning rate: no divergence
+    assert not (out / "nonfinite.json").exists()
+    assert json.loads((out / "nonfinite.earlier.json").read_text())["first_bad_step"] == 2
+    assert json.loads((out / "stability.json").read_text())["status"] == "ok"
+
+
+# -- the stability record and the optimizer's state across a resume ------------------------------------------
 
 def _poisoned(out, bad_steps, **overrides):
     args = FocoTrainingArguments(**common_args(out, optim="foco", learning_rate=3e-3, max_steps=6, logging_steps=1,
@@ -330,14 +515,29 @@ def test_the_stability_record_survives_a_resume(tmp_path):
     assert json.loads((tmp_path / "resumed" / "stability.json").read_text()) == expected
 
 
-def test_an_optimizer_refuses_the_state_of_another_one():
-    model = tiny_gpt2()
-    foco = create_optimizer("foco", model)
-    model(**token_batches(1)[0]).loss.backward()
-    foco.step()
-    with pytest.raises(ValueError, match=r"This state dict was saved by another optimizer .* not by Lion .*Resume "
-                                         r"with the optimizer that saved it"):
-        create_optimizer("lion", model).load_state_dict(foco.state_dict())
-    again = create_optimizer("foco", model)
-    again.load_state_dict(foco.state_dict())  # its own kind loads
-    assert again.state_dict()["state"].keys() == foco.state_dict()["state"].keys()
+def test_every_registry_optimizer_refuses_the_state_of_another_one():
+    """Each registry optimizer's state (after a step) loads into its own kind and is refused by every other kind,
+    torch's AdamW (the registry's ``adamw``) included; K-FAC's state is FOP's with β* = 0, so only FOP's state
+    is refused the other way."""
+    model, batch = tiny_gpt2(), token_batches(2)
+    saved = {}
+    for name in ("foco", "focus", "signum", "lion", "adamw", "kfac", "fop"):
+        optimizer = create_optimizer(name, model)
+        for inputs in batch:
+            if name in ("kfac", "fop"):
+                kronecker_step(optimizer, model, inputs)
+            else:
+                model.zero_grad()
+                model(**inputs).loss.backward()
+                optimizer.step()
+        saved[name] = optimizer.state_dict()
+    for source, state in saved.items():
+        for target in saved:
+            fresh = create_optimizer(target, model)
+            if source == target or (source, target) == ("kfac", "fop"):
+                fresh.load_state_dict(state)
+                assert fresh.state_dict()["state"].keys() == state["state"].keys()
+                continue
+            with pytest.raises(ValueError, match=r"This state dict was saved by another optimizer .* not by "
+                                                 r"\w+ .*Resume with the optimizer that saved it"):
+                fresh.load_state_dict(state)

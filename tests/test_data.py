@@ -20,8 +20,9 @@ from hf_foco.data import (
     stdlib_files,
     train_bpe,
 )
+from hf_foco.data import corpus as corpus_module
 from hf_foco.data import pipeline as pipeline_module
-from hf_foco.data.corpus import stdlib_root
+from hf_foco.data.corpus import builtin_corpus, docstrings, prose_documents, stdlib_root
 
 TEXTS = [
     "def add(a, b):\n    return a + b\n",
@@ -118,6 +119,110 @@ def test_builtin_corpus_is_the_stdlib_without_site_packages():
     assert (stdlib_root() / "os.py").is_file()
 
 
+MODULE = '''"""Module summary.
+
+Second paragraph."""
+
+import os
+
+
+class Shape:
+    """A shape.
+
+        An indented example.
+    Back.
+    """
+
+    def area(self):
+        """Its area."""
+        def helper():
+            """Nested."""
+        return 0
+
+    def undocumented(self):
+        x = "not a docstring"
+
+
+async def fetch():
+    """Fetch it."""
+'''
+
+
+def test_docstrings_come_in_source_order_without_indentation():
+    assert docstrings(MODULE) == ["Module summary.\n\nSecond paragraph.", "A shape.\n\n    An indented example.\nBack.",
+                                  "Its area.", "Nested.", "Fetch it."]
+    assert docstrings("def broken(:\n") == []
+
+
+@pytest.fixture
+def small_stdlib(tmp_path, monkeypatch):
+    """The built-in corpora over 40 standard-library modules only (fast), in a private datasets cache."""
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    files = [f for f in stdlib_files() if f.count("/") == 0][:40]
+    monkeypatch.setattr(corpus_module, "stdlib_files", lambda root=None: files)
+    return files
+
+
+def _texts(dataset):
+    return list(dataset["text"])
+
+
+def test_prose_corpus_is_english_documents_split_by_key(small_stdlib, tmp_path):
+    from pydoc_data.topics import topics
+
+    corpus = builtin_corpus(0.2, kind="prose")
+    train, validation = _texts(corpus["train"]), _texts(corpus["validation"])
+    assert train and validation and all(text.strip() for text in train + validation)
+    keys = [*small_stdlib, *(f"pydoc_data.topics:{name}" for name in sorted(topics))]
+    held = [k for k in keys if in_validation(k, 0.2)]
+    root = str(stdlib_root())
+    assert validation == [row["text"] for row in prose_documents(root, held, "", "")]
+    assert train == [row["text"] for row in prose_documents(root, [k for k in keys if k not in held], "", "")]
+    # English prose, unlike the source files it came from: "the" is one word in 20 (in code one in 35, in its
+    # comments and docstrings), and code's brackets, "=" and "_" are rarer.
+    text = "\n".join(train)
+    code = "\n".join((stdlib_root() / f).read_text(errors="replace") for f in small_stdlib)
+
+    def the(t):
+        return t.lower().split().count("the") / len(t.split())
+
+    def symbols(t):
+        return sum(c in "()[]{}=_" for c in t) / len(t)
+
+    assert the(text) > max(0.05, 2 * the(code))
+    assert symbols(text) < 0.7 * symbols(code)
+    # Deterministic: cached, and rebuilt identically in another cache.
+    again = builtin_corpus(0.2, kind="prose")
+    assert again["train"]._fingerprint == corpus["train"]._fingerprint
+    elsewhere = builtin_corpus(0.2, kind="prose", cache_dir=str(tmp_path / "elsewhere"))
+    assert _texts(elsewhere["train"]) == train and _texts(elsewhere["validation"]) == validation
+
+
+def test_the_source_corpus_is_unchanged(small_stdlib):
+    """The same files read the same way as before the prose corpus existed: the same fingerprint, hence the
+    same cached tokenizer and blocks."""
+    from datasets import load_dataset
+
+    root = stdlib_root()
+    data_files = {"train": [str(root / f) for f in small_stdlib if not in_validation(f, 0.2)],
+                  "validation": [str(root / f) for f in small_stdlib if in_validation(f, 0.2)]}
+    expected = load_dataset("text", data_files=data_files, sample_by="document", encoding_errors="replace")
+    corpus = builtin_corpus(0.2)
+    for split in ("train", "validation"):
+        assert corpus[split]._fingerprint == expected[split]._fingerprint
+        assert _texts(corpus[split]) == [(root / f).read_text(errors="replace") for f in data_files[split]]
+
+
+def test_each_builtin_corpus_trains_its_own_tokenizer(small_stdlib, tmp_path):
+    args = dict(train_files=None, validation_fraction=0.2, block_size=64, tokenizer_vocab_size=400)
+    source = prepare_lm_data(_data_args(tmp_path, **args))
+    prose = prepare_lm_data(_data_args(tmp_path, **args, builtin_corpus="prose"))
+    assert "docstrings" in prose.source and "docstrings" not in source.source
+    assert len(list((tmp_path / "cache" / "tokenizers").rglob("tokenizer.json"))) == 2
+    assert source.tokenizer.get_vocab() != prose.tokenizer.get_vocab()
+    assert prose.tokenizer.decode(prose.train[0]["input_ids"]).strip()
+
+
 def ids(dataset):
     """Every block of a packed dataset (numpy-formatted) as lists."""
     return dataset[:]["input_ids"].tolist()
@@ -128,7 +233,8 @@ def _data_args(tmp_path, **overrides):
                   streaming=False, streaming_validation_documents=10, train_files=[str(tmp_path / "corpus" / "*.txt")],
                   validation_files=None, sample_by="document", text_column="text", validation_fraction=0.25,
                   max_eval_blocks=None, block_size=16, tokenizer_name=None, tokenizer_vocab_size=300,
-                  tokenizer_train_documents=None, data_cache_dir=str(tmp_path / "cache"))
+                  tokenizer_train_documents=None, data_cache_dir=str(tmp_path / "cache"), prepared_data=None,
+                  builtin_corpus=None)
     return SimpleNamespace(**{**fields, **overrides})
 
 

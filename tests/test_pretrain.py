@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_foco.data import prepare_lm_data
 from hf_foco.models import build_model
-from hf_foco.pretrain import main, parse_args
+from hf_foco.pretrain import check_commands, main, parse_args
 
 # The pipeline's five recipes (K-FAC/FOP recipes next to them are tested with those optimizers).
 RECIPES = [REPO / "recipes" / "gpt2-nano" / f"{name}.yaml" for name in ("adamw", "signum", "lion", "focus", "foco")]
@@ -105,3 +105,16 @@ def test_unknown_recipe_key_is_named_with_a_suggestion(tmp_path):
     recipe.write_text("optim: foco\nlearning_rat: 1e-3\noutput_dir: x\n")
     with pytest.raises(ValueError, match="Unknown key.*'learning_rat' \\(did you mean 'learning_rate'\\?\\)"):
         parse_args([str(recipe)])
+
+
+def test_the_job_checks_command_lines_without_running_them(tmp_path):
+    """What a study asks before it starts any run (``python -m hf_foco.pretrain --check``): each command line's
+    refusal, or None; argparse's own message for a malformed one."""
+    recipe = str(REPO / "recipes" / "gpt2-nano" / "signum.yaml")
+    problems = check_commands([[recipe, "--max_steps", "3"], [recipe, "--adam_beta2", "0.9"],
+                               [recipe, "--max_steps", "three"], [recipe, "--config_overrides", "n_layers=1"]])
+    assert problems[0] is None
+    assert "Optimizer 'signum' takes no betas: drop --adam_beta1/--adam_beta2" in problems[1]
+    assert "argument --max_steps" in problems[2] and "invalid int value: 'three'" in problems[2]
+    assert "gpt2 configs have no 'n_layers' (did you mean 'n_layer'?)" in problems[3]
+    assert not (tmp_path / "trainer_output").exists()

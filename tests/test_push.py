@@ -52,7 +52,7 @@ def test_push_uploads_exactly_the_model_files(run_dir, hub):
     push_run(out, REPO)
     assert hub.repos == [(REPO, {"private": None, "exist_ok": True, "repo_type": "model"})]
     assert hub.commits == [(REPO, sorted(UPLOADED))]
-    assert cli_main(["push", str(out), "--repo-id", REPO, "--private"]) == 0
+    assert cli_main(["push", str(out), "--repo_id", REPO, "--private"]) == 0
     assert hub.repos[-1][1]["private"] is True and hub.commits[-1] == (REPO, sorted(UPLOADED))
 
 
@@ -87,8 +87,8 @@ def test_offline_push_fails_clearly_and_leaves_the_run_untouched(run_dir, monkey
     before = _snapshot(out)
     with pytest.raises(PushError, match="HF_HUB_OFFLINE=1 forbids network access. The local run is unchanged"):
         push_run(out, REPO)
-    assert cli_main(["push", str(out), "--repo-id", REPO]) == 1
-    assert f"hf-foco push {out} --repo-id {REPO}" in capsys.readouterr().err
+    assert cli_main(["push", str(out), "--repo_id", REPO]) == 1
+    assert f"hf-foco push {out} --repo_id {REPO}" in capsys.readouterr().err
     # the hub library's own offline refusal is turned into the same message
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
 

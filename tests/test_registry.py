@@ -24,6 +24,7 @@ from hf_foco.optim import (
     register_optimizer,
     registry,
 )
+from hf_foco.optim.adamw import AdamW
 from hf_foco.optim.hyperparameters import hyperparameter_defaults, resolve_hyperparameters
 
 
@@ -34,10 +35,11 @@ def clean_registry(monkeypatch):
 
 
 def test_builtin_records():
-    expected = {"foco": FOCUS16bit, "focus": FOCUS, "signum": Signum, "lion": Lion, "adamw": torch.optim.AdamW}
+    expected = {"foco": FOCUS16bit, "focus": FOCUS, "signum": Signum, "lion": Lion, "adamw": AdamW}
     names = {spec.name: spec.cls for spec in list_optimizers()}
     for name, cls in expected.items():
         assert names[name] is cls
+    assert issubclass(AdamW, torch.optim.AdamW)  # torch's, refusing another optimizer's state
     assert get_optimizer("FOCO").state_bytes_per_param == 4
     assert get_optimizer("focus").defaults["gamma"] == 0.2
 

@@ -10,6 +10,7 @@ from helpers import common_args, text_dataset, tiny_gpt2
 from safetensors.torch import load_file
 from transformers import TrainerCallback, TrainerControl, TrainerState
 
+from hf_foco.spikes import spike_indices
 from hf_foco.trainer import (
     FocoTrainer,
     FocoTrainingArguments,
@@ -17,7 +18,6 @@ from hf_foco.trainer import (
     TrainingDivergedError,
     unwrap_optimizer,
 )
-from hf_foco.trainer.spikes import spike_indices
 
 torch.set_num_threads(1)
 

@@ -81,7 +81,7 @@ def test_rule_decay_optimizer_refuses_several_omegas_in_one_call():
 
 # The reduced grid: sigma x a at omega = 0.1, holding all six cells of the spec's table. The spec's 50
 # replicates and 1000 steps; its lr grid up to 0.04 (11 of 20 values), which holds every best lr of the
-# table (``hf-foco valley --spot-check`` searches all 20); the tests check that no best lr is the largest.
+# table (``hf-foco valley --spot_check`` searches all 20); the tests check that no best lr is the largest.
 REDUCED = valley.Panel("a", [0.0, 1.0, 2.0, 2.5, 3.0], [0.1, 10.0, 1000.0], 0.1)
 REDUCED_LRS = torch.logspace(-3, 0, 20, dtype=torch.float64)[:11].tolist()
 
@@ -139,9 +139,9 @@ def run_cli(argv: list[str]) -> int:
 
 def test_cli_runs_foco_on_the_omega_panel(tmp_path):
     """foco's decay lives inside its rule, so the omega panel is simulated one omega at a time."""
-    assert run_cli(["--preset", "quick", "--panels", "omega", "--n-sigma", "3", "--n-lr", "3", "--steps",
+    assert run_cli(["--preset", "quick", "--panels", "omega", "--n_sigma", "3", "--n_lr", "3", "--steps",
                     "100", "--optimizers", "signum", "foco", "--workers", "1",
-                    "--out-dir", str(tmp_path)]) == 0
+                    "--output_dir", str(tmp_path)]) == 0
     with open(tmp_path / "valley.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 3 * 5 * 2 and {round(float(r["best_lr"]), 6) for r in rows} <= {0.001, 0.031623, 1.0}

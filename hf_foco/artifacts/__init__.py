@@ -1,6 +1,6 @@
 """A finished run's output directory: its model card, loss curve and upload to the Hub.
 
-Everything here reads the directory only (the files of :mod:`.files`), never a live Trainer, so
+Everything here reads the directory only (the files of :mod:`hf_foco.rundir`), never a live Trainer, so
 ``hf-foco push`` works on a run finished long ago and nothing here imports the training stack. The
 trainer records what only the live run knows (:mod:`hf_foco.trainer.record`), then calls
 :func:`render_run`.
@@ -11,8 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .card import render_model_card
-from .files import (
+from ..rundir import (
     LOSS_CURVE_FILE,
     MODEL_CARD_FILE,
     RUN_INFO_FILE,
@@ -21,6 +20,7 @@ from .files import (
     read_json,
     write_json,
 )
+from .card import render_model_card
 from .plots import plot_loss_curve
 
 

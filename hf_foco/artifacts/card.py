@@ -14,7 +14,7 @@ import math
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .files import NATIVE_CLASS
+from ..rundir import NATIVE_CLASS
 
 
 def _fmt(value) -> str:

@@ -1,4 +1,4 @@
-"""Upload a finished run to the Hugging Face Hub: ``hf-foco push OUTPUT_DIR --repo-id USER/NAME``.
+"""Upload a finished run to the Hugging Face Hub: ``hf-foco push OUTPUT_DIR --repo_id USER/NAME``.
 
 Exactly the files a user of the model needs are uploaded (never checkpoints, optimizer states or
 TensorBoard logs): safetensors weights, config, tokenizer files, training arguments, the result files
@@ -14,12 +14,25 @@ import fnmatch
 import os
 from pathlib import Path
 
+from ..rundir import (
+    ALL_RESULTS_FILE,
+    CONFIG_FILE,
+    EVAL_RESULTS_FILE,
+    LOSS_CURVE_FILE,
+    MODEL_CARD_FILE,
+    STABILITY_FILE,
+    TRAIN_RESULTS_FILE,
+    TRAINER_STATE_FILE,
+    TRAINING_ARGS_FILE,
+    WEIGHTS_FILES,
+)
+
 UPLOAD_PATTERNS = (
-    "*.safetensors", "model.safetensors.index.json", "config.json", "generation_config.json",
+    "*.safetensors", WEIGHTS_FILES[1], CONFIG_FILE, "generation_config.json",
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
     "added_tokens.json", "tokenizer.model", "chat_template.jinja",
-    "training_args.json", "eval_results.json", "train_results.json", "all_results.json", "trainer_state.json",
-    "stability.json", "loss_curve.png", "README.md",
+    TRAINING_ARGS_FILE, EVAL_RESULTS_FILE, TRAIN_RESULTS_FILE, ALL_RESULTS_FILE, TRAINER_STATE_FILE, STABILITY_FILE,
+    LOSS_CURVE_FILE, MODEL_CARD_FILE,
 )
 
 
@@ -44,7 +57,7 @@ def ensure_online(output_dir, repo_id) -> None:
 def _offline_error(output_dir, repo_id) -> PushError:
     return PushError(f"Cannot push {output_dir} to {repo_id}: HF_HUB_OFFLINE=1 forbids network access. The local run "
                      "is unchanged (train without --push_to_hub to keep it local); on a machine with network access "
-                     f"run `hf-foco push {output_dir} --repo-id {repo_id}` (unset HF_HUB_OFFLINE and log in with "
+                     f"run `hf-foco push {output_dir} --repo_id {repo_id}` (unset HF_HUB_OFFLINE and log in with "
                      "`hf auth login` first).")
 
 
@@ -65,12 +78,12 @@ def push_run(output_dir: str | os.PathLike, repo_id: str, *, token: str | None =
     try:
         validate_repo_id(repo_id)
     except HFValidationError as err:
-        raise PushError(f"--repo-id {repo_id!r} is not a Hub repository id ({err}). Pass one like "
+        raise PushError(f"--repo_id {repo_id!r} is not a Hub repository id ({err}). Pass one like "
                         "'USER/NAME'.") from None
     out = Path(output_dir)
     if not out.is_dir():
         raise PushError(f"{out} is not a directory: pass the output_dir of a finished run.")
-    if not any(out.glob("*.safetensors")) or not (out / "config.json").is_file():
+    if not any(out.glob("*.safetensors")) or not (out / CONFIG_FILE).is_file():
         raise PushError(f"{out} holds no saved model (safetensors weights and config.json): run "
                         "trainer.save_model() at the end of training, or pass the right directory.")
     api = HfApi(token=token)
@@ -90,4 +103,4 @@ def push_run(output_dir: str | os.PathLike, repo_id: str, *, token: str | None =
     except HTTPError as err:
         raise PushError(f"Cannot push {output_dir} to {repo_id}: {type(err).__name__}: {str(err).splitlines()[0]}. "
                         "Check the network, the repository id and your token (`hf auth login`), then run "
-                        f"`hf-foco push {output_dir} --repo-id {repo_id}` again; the local run is kept.") from None
+                        f"`hf-foco push {output_dir} --repo_id {repo_id}` again; the local run is kept.") from None

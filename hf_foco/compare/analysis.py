@@ -3,13 +3,17 @@
 Everything here works on plain data (a Trainer ``log_history`` list and a ``stability.json`` dict), so the
 rules can be checked on hand-made logs, independent of how the runs were produced. The rules:
 
-* **Divergence and loss spikes.** The stability monitor's rules (:mod:`hf_foco.trainer.spikes`), on the
+* **Divergence and loss spikes.** The stability monitor's rules (:mod:`hf_foco.spikes`), on the
   logged losses: a run diverged if it crashed, ended with a non-finite loss, or logged a train loss above its
   first one in the last ``late_fraction`` of its steps; a spike is a z-score above ``spike_zscore`` against
   the trailing ``spike_window`` logged losses.
 * **Initial loss** ℓ₀: the eval loss at step 0 (``eval_on_start``), else the first logged train loss.
-* **Best learning rate.** The LR with the lowest seed-mean final eval loss, among the LRs where no seed
-  diverged. It is **bracketed** when it is neither the smallest nor the largest LR of the grid.
+* **Selection seeds.** The seeds that ran at every LR of an optimizer's grid (all its seeds when no seed
+  did). Seeds added at one LR only (more seeds at the best LR) do not take part in choosing it: means over
+  different seed sets would compare seeds as well as LRs, and the added seeds stay held out from the choice.
+* **Best learning rate.** The LR with the lowest final eval loss averaged over the selection seeds, among
+  the LRs where no seed (of any) diverged. It is **bracketed** when it is neither the smallest nor the
+  largest LR of the grid. Its summary numbers (final loss, steps to target) use every seed run there.
 * **Grid extension.** While the best LR sits at an edge of the grid, one more LR beyond that edge, at the
   ratio of the two outermost LRs there (the grid's log spacing); when every LR diverged, one below the
   smallest. A best LR below a diverged one is bracketed by the divergence: no extension.
@@ -21,12 +25,13 @@ rules can be checked on hand-made logs, independent of how the runs were produce
   counts as no speedup (1.0) and in ``missed``.
 * **LR sensitivity** (Wortsman et al. 2023, "Small-scale proxies for large-scale Transformer training
   instabilities"): the mean over the grid's LRs of min(final eval loss, ℓ₀) − the best of those values
-  (seed means; a run without a finite final loss counts as ℓ₀). 0 means every LR of the grid is as good as
+  (means over the selection seeds; a run without a finite final loss counts as ℓ₀). 0 means every LR of the grid is as good as
   the best; it grows with the grid's span, so compare optimizers on grids of equal span.
 * **Largest stable LR.** The largest grid LR at which no seed diverged (a lower bound when it is the top of
   the grid).
-* **Sharpness.** The seed-mean top Hessian eigenvalue at each step it was measured, at the best LR (runs with
-  ``hessian_every_n_steps``), so the summary alone carries what the sharpness claim compares.
+* **Sharpness.** The top Hessian eigenvalue at each step it was measured (runs with
+  ``hessian_every_n_steps``): per run in its row, and the seed mean at the best LR per optimizer, so the
+  summary alone carries what the sharpness claim compares seed by seed.
 """
 
 from __future__ import annotations
@@ -37,8 +42,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..trainer.sharpness import EIGENVALUE_KEY
-from ..trainer.spikes import (
+from ..rundir import EIGENVALUE_KEY
+from ..spikes import (
     DEFAULT_LATE_FRACTION,
     DEFAULT_WINDOW,
     DEFAULT_ZSCORE,
@@ -178,6 +183,7 @@ def analyse_run(run: RunLog, config: AnalysisConfig = AnalysisConfig()) -> dict[
         "max_grad_norm": max_grad_norm(run.log_history),
         "nan_guard_skips": nan_guard_skips(run.stability),
         "runtime_s": run.runtime_s,
+        "top_hessian_eigenvalue": [list(point) for point in zip(*run.series(EIGENVALUE_KEY))],
     }
 
 
@@ -201,10 +207,19 @@ def _stable(runs: Sequence[dict[str, Any]]) -> bool:
     return all(not r["diverged"] and r["final_eval_loss"] is not None for r in runs)
 
 
+def selection_seeds(rows: Sequence[dict[str, Any]]) -> list[int]:
+    """The seeds that one optimizer's rows ran at every LR of its grid; all its seeds when none did."""
+    seeds_per_lr = [{r["seed"] for r in runs} for runs in _by_lr(rows).values()]
+    common = set.intersection(*seeds_per_lr) if seeds_per_lr else set()
+    return sorted(common or {r["seed"] for r in rows})
+
+
 def best_learning_rate(rows: Sequence[dict[str, Any]]) -> float | None:
-    """Among one optimizer's rows, the LR with the lowest mean final eval loss where no seed diverged."""
-    eligible = {lr: statistics.fmean(r["final_eval_loss"] for r in runs) for lr, runs in _by_lr(rows).items()
-                if _stable(runs)}
+    """Among one optimizer's rows, the LR with the lowest final eval loss averaged over the selection seeds,
+    where no seed diverged."""
+    chosen = set(selection_seeds(rows))
+    eligible = {lr: statistics.fmean(r["final_eval_loss"] for r in runs if r["seed"] in chosen)
+                for lr, runs in _by_lr(rows).items() if _stable(runs)}
     return min(eligible, key=eligible.get) if eligible else None
 
 
@@ -229,8 +244,9 @@ def grid_extension(rows: Sequence[dict[str, Any]]) -> float | None:
 
 def lr_sensitivity(rows: Sequence[dict[str, Any]]) -> float | None:
     """Wortsman et al.'s LR sensitivity of one optimizer's rows (rule above); None without an initial loss."""
+    chosen = set(selection_seeds(rows))
     capped = {}
-    for lr, runs in _by_lr(rows).items():
+    for lr, runs in _by_lr([r for r in rows if r["seed"] in chosen]).items():
         values = []
         for r in runs:
             if r["initial_loss"] is None:
@@ -280,6 +296,7 @@ def compare_group(rows: Sequence[dict[str, Any]], histories: dict[str, Sequence[
         grad_norms = [r["max_grad_norm"] for r in own if r["max_grad_norm"] is not None]
         entry = {
             "learning_rates": lrs, "best_learning_rate": best, "bracketed": is_bracketed(best, lrs),
+            "selection_seeds": selection_seeds(own), "seeds_at_best_lr": sorted(r["seed"] for r in at_best),
             "lr_sensitivity": lr_sensitivity(own), "largest_stable_lr": largest_stable_lr(own),
             "runs": len(own), "diverged": sum(r["diverged"] for r in own),
             "loss_spikes": sum(r["loss_spikes"] for r in own),
@@ -287,7 +304,7 @@ def compare_group(rows: Sequence[dict[str, Any]], histories: dict[str, Sequence[
             "nan_guard_skips": sum(r["nan_guard_skips"] for r in own),
             "final_eval_loss": spread([r["final_eval_loss"] for r in at_best]),
             "steps_to_target": None, "tokens_to_target": None, "speedup": None, "missed": None,
-            "top_hessian_eigenvalue": seed_mean_series((histories[r["name"]] for r in at_best), EIGENVALUE_KEY),
+            EIGENVALUE_KEY: seed_mean_series((histories[r["name"]] for r in at_best), EIGENVALUE_KEY),
         }
         if reference_steps is not None and at_best:
             reached = [r for r in at_best if r["steps_to_target"] is not None]

@@ -21,8 +21,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ..trainer.sharpness import EIGENVALUE_KEY, RESIDUAL_KEY  # noqa: E402
-from ..trainer.trainer import WALL_TIME_KEY  # noqa: E402
+from ..rundir import EIGENVALUE_KEY, RESIDUAL_KEY, WALL_TIME_KEY  # noqa: E402
 from .analysis import AnalysisConfig, RunLog, last_step, summarize  # noqa: E402
 
 
@@ -253,10 +252,11 @@ def write_report(study_name: str, runs: Sequence[RunLog], output_dir: Path, opti
              + (": a partial report." if pending else "."), "", "Definitions:", "",
              "- **Diverged**: crashed, ended with a non-finite loss, or logged a train loss above its first one in "
              f"the last {config.late_fraction:.0%} of its steps (the stability monitor's rule, "
-             "`hf_foco.trainer.spikes`). **Loss spike**: a logged train loss with a z-score > "
+             "`hf_foco.spikes`). **Loss spike**: a logged train loss with a z-score > "
              f"{config.spike_zscore:g} against the {config.spike_window} logged losses before it (the same rule "
              "as the monitor).",
-             "- **Best LR**: the lowest seed-mean final eval loss among the LRs where no seed diverged; *(edge)* "
+             "- **Best LR**: the lowest final eval loss, averaged over the seeds that ran at every LR of the grid, "
+             "among the LRs where no seed diverged (seeds added at the best LR only do not move it); *(edge)* "
              "when it is the smallest or largest LR of a grid of several (unbracketed: the optimum may lie beyond); "
              "an optimizer run at one given LR has no grid and no mark.",
              "- **Final eval loss**: mean ± sample std [min, max] over seeds at the best LR.",
@@ -288,14 +288,3 @@ def write_report(study_name: str, runs: Sequence[RunLog], output_dir: Path, opti
     (output_dir / "report.md").write_text("\n".join(lines))
     (output_dir / "summary.json").write_text(json.dumps(_finite_or_null(summary), indent=2, allow_nan=False))
     return summary
-
-
-def report_study(study) -> dict[str, Any]:
-    """Load every run of ``study`` that has finished (grid extensions included) and write its report next to
-    the runs; works on a study still running or interrupted."""
-    from .runner import current_runs, load_run
-
-    loaded = {spec.name: load_run(spec) for spec in current_runs(study)}
-    return write_report(study.name, [r for r in loaded.values() if r is not None], study.output_dir,
-                        [grid.name for grid in study.optimizers], study.analysis,
-                        pending=[name for name, r in loaded.items() if r is None])

@@ -16,7 +16,9 @@ resumed study and a report on a partial study see the same grid.
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -29,7 +31,7 @@ from typing import Any
 from huggingface_hub.utils import tqdm
 from transformers.trainer_utils import get_last_checkpoint
 
-from ..artifacts.files import STABILITY_FILE, TRAINER_STATE_FILE, read_json, write_json
+from ..rundir import STABILITY_FILE, TRAINER_STATE_FILE, WALL_TIME_KEY, read_json, write_json
 from .analysis import RunLog, analyse_run, grid_extension, train_runtime
 from .study import RunSpec, Study
 
@@ -55,9 +57,27 @@ def execute(run: RunSpec, launcher: Sequence[str] = DEFAULT_LAUNCHER, env: Mappi
         returncode = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT,
                                     env={**os.environ, **(env or {})}).returncode
     marker = {"status": "finished" if returncode == 0 else "failed", "returncode": returncode,
-              "wall_time_s": time.perf_counter() - start, "command": command, **run.describe()}
+              WALL_TIME_KEY: time.perf_counter() - start, "command": command, **run.describe()}
     write_json(run.output_dir / MARKER, marker)
     return marker
+
+
+def check_runs(study: Study) -> None:
+    """Vet one run per (group, optimizer) with the pretraining job's own parser, in one process of its own
+    (``python -m hf_foco.pretrain --check``): a key or value the job rejects fails the study now, with the
+    job's message, not in each of its runs."""
+    first: dict[tuple[str, str], RunSpec] = {}
+    for spec in study.runs():
+        first.setdefault((spec.group, spec.optimizer), spec)
+    specs = list(first.values())
+    command = [sys.executable, "-m", "hf_foco.pretrain", "--check"]
+    done = subprocess.run(command, input=json.dumps([spec.argv() for spec in specs]), capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{shlex.join(command)} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+    for spec, problem in zip(specs, json.loads(done.stdout), strict=True):
+        if problem is not None:
+            raise ValueError(f"Study {study.path}: run {spec.name} would fail: {problem}. Fix the study's "
+                             "overrides or the recipe.")
 
 
 def current_runs(study: Study) -> list[RunSpec]:
@@ -141,4 +161,4 @@ def load_run(run: RunSpec) -> RunLog | None:
     return RunLog(name=run.name, group=run.group, optimizer=run.optimizer, learning_rate=run.learning_rate,
                   seed=run.seed, crashed=marker["status"] != "finished", log_history=history,
                   stability=read_json(run.output_dir / STABILITY_FILE, {}), tokens_per_step=run.tokens_per_step,
-                  runtime_s=train_runtime(history) or marker["wall_time_s"])
+                  runtime_s=train_runtime(history) or marker[WALL_TIME_KEY])

@@ -47,13 +47,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..artifacts.files import read_json
 from ..hints import did_you_mean
 from ..recipe import read_recipe, read_yaml
+from ..rundir import read_json
 from .analysis import AnalysisConfig
 
-STUDY_KEYS = ("name", "recipe", "recipes", "seeds", "optimizers", "overrides", "batch_size_multipliers",
-              "batch_size_key", "world_size", "output_dir", "analysis", "max_grid_extensions", "learning_rates_from")
+# Every key of a study file -> (the YAML type its value must have, an example of it). null is "unset".
+STUDY_KEYS = {
+    "name": (str, "name: gpt2-nano-noise"), "recipe": (str, "recipe: ../gpt2-nano/{optimizer}.yaml"),
+    "recipes": (dict, "recipes: {nano: ../gpt2-nano/adamw.yaml}"), "seeds": (list, "seeds: [0, 1]"),
+    "optimizers": (dict, "optimizers: {adamw: {learning_rates: [1.0e-3]}}"),
+    "overrides": (dict, "overrides: {max_steps: 600}"), "batch_size_multipliers": (list, "batch_size_multipliers: [1, 4]"),
+    "batch_size_key": (str, "batch_size_key: per_device_train_batch_size"), "world_size": (int, "world_size: 1"),
+    "output_dir": (str, "output_dir: runs/studies/noise"), "analysis": (dict, "analysis: {spike_window: 16}"),
+    "max_grid_extensions": (int, "max_grid_extensions: 2"),
+    "learning_rates_from": (str, "learning_rates_from: runs/studies/noise"),
+}
+# The keys of one optimizer's entry, alike.
+OPTIMIZER_KEYS = {"learning_rates": (list, "learning_rates: [3.0e-4, 1.0e-3]"),
+                  "overrides": (dict, "overrides: {weight_decay: 0.5}")}
+_YAML_TYPES = {str: "a string", dict: "a mapping", list: "a list", int: "an integer"}
 STEP_KEYS = ("max_steps", "eval_steps", "logging_steps", "save_steps", "warmup_steps", "hessian_every_n_steps")
 # transformers' TrainingArguments defaults, for recipes that leave the batch keys unset.
 TRAINER_DEFAULTS = {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 1}
@@ -105,6 +118,21 @@ class RunSpec:
 
 def _fail(path: Path, problem: str, fix: str) -> ValueError:
     return ValueError(f"Study {path}: {problem}. {fix}")
+
+
+def _check_shapes(path: Path, where: str, mapping: dict, schema: dict[str, tuple[type, str]]) -> None:
+    """Refuse a key of ``mapping`` that ``schema`` does not know, or a value of another YAML type than its
+    entry says (null stands for unset). A boolean is not a string, a path or a count: YAML reads an unquoted
+    true/yes/no as one."""
+    for key, value in mapping.items():
+        if key not in schema:
+            raise _fail(path, f"unknown key {key!r}{where}", f"{did_you_mean(key, schema).strip()} Known keys: "
+                        f"{', '.join(schema)}.")
+        kind, example = schema[key]
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            read = "a boolean (YAML reads unquoted true/false/yes/no as one)" if isinstance(value, bool) else \
+                f"{_YAML_TYPES.get(type(value), type(value).__name__)} ({value!r})"
+            raise _fail(path, f"{key}{where} must be {_YAML_TYPES[kind]}, not {read}", f"Write it like `{example}`.")
 
 
 def _load_recipe(path: Path, study_path: Path) -> dict[str, Any]:
@@ -165,16 +193,13 @@ class Study:
         raw = read_yaml(path, "Study") if path.is_file() else None
         if not isinstance(raw, dict):
             raise _fail(path, "not found or not a YAML mapping", "Pass the path of a study YAML file.")
-        for key in raw:
-            if key not in STUDY_KEYS:
-                raise _fail(path, f"unknown key {key!r}", f"{did_you_mean(key, STUDY_KEYS).strip()} Known keys: "
-                            f"{', '.join(STUDY_KEYS)}.")
+        _check_shapes(path, "", raw, STUDY_KEYS)
         if ("recipe" in raw) == ("recipes" in raw):
             raise _fail(path, "needs exactly one of 'recipe' (a path) or 'recipes' (name -> path)",
                         "Add e.g. `recipe: ../gpt2-nano/{optimizer}.yaml`.")
         # One recipe is named by its directory (recipes/<model>/<optimizer>.yaml -> <model>).
         recipes = raw.get("recipes") or {(path.parent / raw["recipe"]).resolve().parent.name: raw["recipe"]}
-        if not isinstance(recipes, dict):
+        if not all(isinstance(v, str) for v in recipes.values()):
             raise _fail(path, "'recipes' must map a short name to a recipe path", "e.g. `recipes: {nano: a.yaml}`.")
         optimizers = raw.get("optimizers")
         if not isinstance(optimizers, dict) or not optimizers:
@@ -186,7 +211,11 @@ class Study:
             raise _fail(path, f"max_grid_extensions={extensions!r} is not an integer >= 0", "e.g. `max_grid_extensions: 2`.")
         grids = []
         for name, entry in optimizers.items():
+            if entry is not None and not isinstance(entry, dict):
+                raise _fail(path, f"optimizer {name!r} must map to its settings, not to {type(entry).__name__} "
+                            f"{entry!r}", f"Write it like `{name}: {{learning_rates: [3.0e-4, 1.0e-3]}}`.")
             entry = entry or {}
+            _check_shapes(path, f" of optimizer {name!r}", entry, OPTIMIZER_KEYS)
             lrs = _positive_floats(entry.get("learning_rates"))
             if not lrs and not (learning_rates_from and "learning_rates" not in entry):
                 raise _fail(path, f"optimizer {name!r} needs a non-empty list of positive learning_rates",
@@ -194,10 +223,6 @@ class Study:
             if extensions and len(lrs or ()) < 2:
                 raise _fail(path, f"optimizer {name!r} has fewer than 2 learning_rates but max_grid_extensions "
                             "is set", "Give 2 or more (their ratio is the extension step) or drop the extensions.")
-            extra = set(entry) - {"learning_rates", "overrides"}
-            if extra:
-                raise _fail(path, f"optimizer {name!r} has unknown keys {sorted(extra)}",
-                            "An optimizer takes only learning_rates and overrides.")
             _check_optimizer_name(name, path)
             grids.append(OptimizerGrid(name, lrs or (), dict(entry.get("overrides") or {})))
         overrides = dict(raw.get("overrides") or {})
@@ -209,10 +234,18 @@ class Study:
         seeds = raw.get("seeds", [0])
         multipliers = raw.get("batch_size_multipliers", [1])
         for key, values in (("seeds", seeds), ("batch_size_multipliers", multipliers)):
-            if not isinstance(values, list) or not values or not all(isinstance(v, int) for v in values):
+            if not isinstance(values, list) or not values or not all(
+                    isinstance(v, int) and not isinstance(v, bool) for v in values):
                 raise _fail(path, f"'{key}' must be a non-empty list of integers", f"e.g. `{key}: [1]`.")
         if any(m < 1 for m in multipliers):
             raise _fail(path, "batch_size_multipliers must be >= 1", "Use e.g. [1, 4, 16].")
+        if (raw.get("world_size") or 1) < 1:
+            raise _fail(path, f"world_size={raw['world_size']} is not >= 1", "Write the number of processes per run.")
+        try:
+            analysis = AnalysisConfig(**(raw.get("analysis") or {}))
+        except (TypeError, ValueError) as err:
+            raise _fail(path, f"analysis: {err}", "It takes spike_window (an integer >= 2), spike_zscore and "
+                        "late_fraction (numbers).") from None
         name = raw.get("name") or path.stem
         study = cls(
             name=name, path=path,
@@ -220,8 +253,8 @@ class Study:
             optimizers=tuple(grids), seeds=tuple(seeds), overrides=overrides,
             output_dir=Path(output_dir or raw.get("output_dir") or Path("runs/studies") / name),
             batch_size_multipliers=tuple(multipliers),
-            batch_size_key=raw.get("batch_size_key", "per_device_train_batch_size"),
-            world_size=int(raw.get("world_size", 1)), analysis=AnalysisConfig(**(raw.get("analysis") or {})),
+            batch_size_key=raw.get("batch_size_key") or "per_device_train_batch_size",
+            world_size=raw.get("world_size") or 1, analysis=analysis,
             max_grid_extensions=extensions, learning_rates_from=Path(learning_rates_from) if learning_rates_from else None,
         )
         study.runs()  # expands the grid once so recipe and batch-scaling errors surface now
@@ -296,22 +329,3 @@ class Study:
         block = merged.get("block_size", DataArguments.block_size)
         return (merged["per_device_train_batch_size"] * merged["gradient_accumulation_steps"] * block
                 * self.world_size)
-
-    def check_runs(self) -> None:
-        """Parse one run per (group, optimizer) with the pretraining job's own parser: a key or value the job
-        rejects fails the study now, not in each of its runs."""
-        from ..pretrain import parse_args
-
-        checked = set()
-        for spec in self.runs():
-            if (spec.group, spec.optimizer) in checked:
-                continue
-            checked.add((spec.group, spec.optimizer))
-            try:
-                parse_args(spec.argv())
-            except ValueError as err:
-                raise _fail(self.path, f"run {spec.name} would fail: {err}",
-                            "Fix the study's overrides or the recipe.") from None
-            except SystemExit as exit_:  # argparse has printed its message
-                raise _fail(self.path, f"run {spec.name} would fail: invalid command line (argparse exit "
-                            f"{exit_.code}, message above)", "Fix the study's overrides or the recipe.") from None

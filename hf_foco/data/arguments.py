@@ -1,18 +1,30 @@
-"""``DataArguments``: what the data layer needs to know (source, tokenizer, block size, cache), as
-``HfArgumentParser`` fields so recipes and command lines set them."""
+"""``DataArguments``: what the data layer needs to know (source, tokenizer, block size, cache), and
+``PrepareArguments``, how ``hf-foco prepare-data`` writes token shards; ``HfArgumentParser`` fields, so recipes
+and command lines set them."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+
+from .corpus import BUILTIN_CORPORA
 
 
 @dataclass
 class DataArguments:
     """Where the text comes from, how it is tokenized and how it is cut into blocks."""
 
+    prepared_data: str | None = field(default=None, metadata={
+        "help": "A directory of token shards written by `hf-foco prepare-data` to train on (it names its own "
+                "source and tokenizer); for prepare-data, the directory to write."})
     dataset_name: str | None = field(default=None, metadata={
         "help": "A Hub dataset (needs network, or the dataset in the local cache). Unset, with no "
-                "--train_files: the built-in corpus (the Python standard library)."})
+                "--train_files: the built-in corpus (see --builtin_corpus)."})
+    builtin_corpus: str | None = field(default=None, metadata={
+        "help": "The built-in corpus used when neither --dataset_name nor --train_files is set: source (the "
+                "Python standard library's code; also when unset) or prose (its docstrings and pydoc topics, in "
+                "English).",
+        "choices": tuple(BUILTIN_CORPORA)})
     dataset_config_name: str | None = field(default=None, metadata={"help": "The Hub dataset's configuration."})
     dataset_split: str = field(default="train", metadata={"help": "The Hub split to train on."})
     validation_split: str | None = field(default=None, metadata={
@@ -62,3 +74,18 @@ class DataArguments:
         if self.streaming and not self.tokenizer_name and self.tokenizer_train_documents is None:
             raise ValueError("Training a tokenizer on a stream needs --tokenizer_train_documents N (or pass "
                              "--tokenizer_name).")
+
+
+@dataclass
+class PrepareArguments:
+    """How ``hf-foco prepare-data`` tokenizes and writes (the data itself is described by ``DataArguments``)."""
+
+    num_proc: int = field(default_factory=lambda: os.cpu_count() or 1, metadata={
+        "help": "Tokenizing processes (datasets' map num_proc); default: one per CPU core."})
+    shard_tokens: int = field(default=100_000_000, metadata={
+        "help": "Tokens per shard file (100M: 200 MB shards with a vocabulary of at most 65,536)."})
+
+    def __post_init__(self):
+        for name in ("num_proc", "shard_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} {getattr(self, name)}: it must be >= 1.")

@@ -1,20 +1,24 @@
-"""Where the raw text comes from: the built-in standard-library corpus, local files, or a Hub dataset.
+"""Where the raw text comes from: a built-in corpus, local files, or a Hub dataset.
 
 Every source comes back as ``{"train": ..., "validation": ...}`` with one text column, read through
 ``datasets`` so that its cache (keyed by file paths, sizes and modification times) notices edited files and
 the dataset fingerprint can key the tokenizer and packing caches downstream.
 
-The built-in corpus is the running interpreter's standard library (``.py`` files, site-packages excluded):
-always present, offline, a few million tokens of real code, enough to show optimizers apart in CPU minutes.
+The built-in corpora come with the running interpreter, so they are always present and offline: ``source`` is
+its standard library (``.py`` files, site-packages excluded), a few million tokens of real code, enough to
+show optimizers apart in CPU minutes; ``prose`` is the English of the same files' docstrings and of
+``pydoc_data.topics`` (the language reference pages ``help()`` shows), a second corpus of another kind.
 """
 
 from __future__ import annotations
 
+import ast
 import glob
 import hashlib
 import json
 import logging
 import os
+import sys
 import sysconfig
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -28,6 +32,12 @@ logger = logging.getLogger(__name__)
 BUILTIN_TEXT_COLUMN = "text"
 _TEXT_SUFFIXES = {".txt", ".text", ".py", ".md"}
 _JSON_SUFFIXES = {".json", ".jsonl"}
+# The built-in corpora by name, with the description a run's logs and model card give.
+BUILTIN_CORPORA = {"source": "the Python standard library (built-in)",
+                   "prose": "the Python standard library's docstrings and pydoc topics (built-in prose)"}
+# Bump when prose_documents changes what it extracts, so cached prose corpora are rebuilt.
+_PROSE_VERSION = "prose-v1"
+_TOPIC_PREFIX = "pydoc_data.topics:"
 
 
 def stdlib_root() -> Path:
@@ -54,19 +64,72 @@ def split_by_key(keys: Sequence[str], fraction: float) -> tuple[list[int], list[
     return [i for i in range(len(keys)) if i not in held], val
 
 
-def builtin_corpus(validation_fraction: float, cache_dir: str | None = None) -> DatasetDict:
-    """The standard library, one document per file, split by file path."""
+def builtin_corpus(validation_fraction: float, cache_dir: str | None = None, kind: str = "source") -> DatasetDict:
+    """A built-in corpus, split by document key: ``source``, the standard library, one document per file
+    (key: its path); ``prose``, each file's docstrings as one document (key: its path) and each
+    ``pydoc_data`` topic as one (key: its name)."""
+    if kind not in BUILTIN_CORPORA:
+        raise ValueError(f"--builtin_corpus {kind!r}: choose one of {', '.join(BUILTIN_CORPORA)}.")
     root = stdlib_root()
     files = stdlib_files(root)
     if not files:
         raise ValueError(f"The built-in corpus is empty: no .py files under {root}. Pass --train_files or "
                          "--dataset_name.")
+    if kind == "prose":
+        return _prose_corpus(root, files, validation_fraction, cache_dir)
     train, val = split_by_key(files, validation_fraction)
     _require_validation(val, "the built-in corpus", validation_fraction)
     data_files = {"train": [str(root / files[i]) for i in train], "validation": [str(root / files[i]) for i in val]}
     # A few stdlib test files are deliberately not UTF-8: replace, don't crash.
     return load_dataset("text", data_files=data_files, sample_by="document", encoding_errors="replace",
                         cache_dir=cache_dir)
+
+
+def _prose_corpus(root: Path, files: list[str], validation_fraction: float, cache_dir: str | None) -> DatasetDict:
+    """The prose corpus, extracted once per interpreter and cached by ``datasets`` (parsing every module
+    takes a while); the cache key holds the interpreter, the documents' keys and the extractor's version."""
+    from pydoc_data.topics import topics
+
+    keys = [*files, *(_TOPIC_PREFIX + name for name in sorted(topics))]
+    train, val = split_by_key(keys, validation_fraction)
+    _require_validation(val, "the built-in corpus", validation_fraction)
+    return DatasetDict({split: Dataset.from_generator(
+        prose_documents, cache_dir=cache_dir, split=split,
+        gen_kwargs=dict(root=str(root), keys=[keys[i] for i in part], python=sys.version, version=_PROSE_VERSION))
+        for split, part in (("train", train), ("validation", val))})
+
+
+def docstrings(source: str) -> list[str]:
+    """The docstrings of a module's source (the module's, then each class's and function's, in source
+    order), indentation removed; none when the source does not parse."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):  # a few stdlib test files are deliberately broken
+        return []
+
+    def visit(node):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            if text := ast.get_docstring(node):
+                yield text
+        for child in ast.iter_child_nodes(node):
+            yield from visit(child)
+
+    return list(visit(tree))
+
+
+def prose_documents(root: str, keys: list[str], python: str, version: str) -> Iterator[dict]:
+    """``{"text"}`` rows of the prose corpus for ``keys``: a module path gives its docstrings joined by blank
+    lines, a ``pydoc_data.topics:NAME`` key that topic's text; documents without text are left out.
+    (``python`` and ``version`` only key the cache.)"""
+    from pydoc_data.topics import topics
+
+    for key in keys:
+        if key.startswith(_TOPIC_PREFIX):
+            text = topics[key.removeprefix(_TOPIC_PREFIX)].strip()
+        else:
+            text = "\n\n".join(docstrings((Path(root) / key).read_bytes().decode("utf-8", "replace")))
+        if text:
+            yield {BUILTIN_TEXT_COLUMN: text}
 
 
 def expand_files(patterns: Sequence[str], what: str) -> list[str]:
@@ -110,6 +173,11 @@ def local_corpus(train_files: Sequence[str], validation_files: Sequence[str] | N
     if validation_files:
         data_files["validation"] = expand_files(validation_files, "--validation_files")
     builder = _builder_for([f for fs in data_files.values() for f in fs])
+    if builder == "json":  # datasets' JSON reader infers the columns from a file's first row, and has none here
+        for split, files in data_files.items():
+            if empty := next((f for f in files if not _has_content(f)), None):
+                raise ValueError(f"--{split}_files: {empty} holds no JSON rows (it is empty): add rows, one JSON "
+                                 f'object per line like {{"{text_column}": "some text"}}, or leave the file out.')
     kwargs = dict(sample_by=sample_by, encoding_errors="replace") if builder == "text" else {}
     try:
         raw = load_dataset(builder, data_files=data_files, cache_dir=cache_dir, **kwargs)
@@ -125,6 +193,12 @@ def local_corpus(train_files: Sequence[str], validation_files: Sequence[str] | N
     if validation_files:
         return raw
     return split_dataset(raw["train"], validation_fraction, "the local files", text_column)
+
+
+def _has_content(file: str) -> bool:
+    """Whether ``file`` holds anything but whitespace."""
+    with open(file, "rb") as f:
+        return any(line.strip() for line in f)
 
 
 def first_bad_json_line(files: Sequence[str]) -> str | None:

@@ -7,8 +7,7 @@ Each elementwise optimizer is a thin class over a public functional rule in its 
 (:mod:`.registry`).
 """
 
-import torch
-
+from .adamw import AdamW
 from .foco import FOCUS16bit
 from .focus import FOCUS
 from .grouping import DECAY_POLICIES, param_groups
@@ -60,7 +59,7 @@ register_optimizer(
     description="Sign of interpolated momentum; wants a 3-10x smaller LR and larger decay than AdamW.",
 )
 register_optimizer(
-    "adamw", torch.optim.AdamW, defaults=dict(lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1),
+    "adamw", AdamW, defaults=dict(lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1),
     defaults_from=_NANOGPT_GPT2,
     paper="Loshchilov & Hutter 2019, arXiv:1711.05101 (torch.optim.AdamW)", state_bytes_per_param=8,
     description="The baseline: torch's AdamW.",

@@ -137,8 +137,9 @@ def scratch_chunks(rows: list[tuple[torch.Tensor, ...]], n_scratch: int):
     Yields ``(columns, scratch)``: ``columns[j]`` lists flat pieces of the rows' j-th tensors, together at
     most ``CHUNK_NUMEL`` elements (a larger tensor is cut into several pieces), and ``scratch[k]`` lists
     same-sized pieces of the k-th of ``n_scratch`` fp32 buffers. Why: on a CPU a fresh full-size temporary
-    costs more in page faults than the arithmetic on it (a 37 MB ``x.sign()`` takes 30 ms, an in-place
-    ``x.sign_()`` 1.5 ms), so a multi-tensor step runs fastest entirely in place, in reused scratch.
+    costs more in page faults than the elementwise arithmetic on it (an out-of-place ``x.sign()`` of a large
+    tensor is many times slower than the in-place ``x.sign_()``), so a multi-tensor step runs fastest
+    entirely in place, in reused scratch.
     """
     if not all(t.is_contiguous() for row in rows for t in row):
         raise ValueError("foreach=True needs contiguous parameters and gradients (e.g. not channels_last); leave "

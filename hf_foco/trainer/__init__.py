@@ -12,10 +12,11 @@ Public entry points (imported on first use, so ``hf-foco`` subcommands that need
 from importlib import import_module
 
 _EXPORTS = {
-    "FocoTrainingArguments": "arguments", "OptimChoices": "arguments", "is_registry_optim": "arguments",
-    "LMMetrics": "evaluation", "load_lm_metric": "evaluation", "preprocess_logits_for_lm_metrics": "evaluation",
-    "write_run_artifacts": "record", "HessianEigenvalueCallback": "sharpness", "StabilityCallback": "stability",
-    "TrainingDivergedError": "stability", "FocoTrainer": "trainer", "unwrap_optimizer": "trainer",
+    "FocoTrainingArguments": ".arguments", "OptimChoices": ".arguments", "is_registry_optim": ".arguments",
+    "LMMetrics": ".evaluation", "load_lm_metric": ".evaluation", "preprocess_logits_for_lm_metrics": ".evaluation",
+    "write_run_artifacts": ".record", "HessianEigenvalueCallback": ".sharpness", "StabilityCallback": ".stability",
+    "TrainingDivergedError": ".stability", "FocoTrainer": ".trainer",
+    "unwrap_optimizer": "..distributed.wrappers",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -24,4 +25,4 @@ __all__ = sorted(_EXPORTS)
 def __getattr__(name: str):
     if name not in _EXPORTS:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    return getattr(import_module(_EXPORTS[name], __name__), name)

@@ -22,16 +22,17 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from transformers import TrainingArguments
 from transformers.training_args import OptimizerNames
 
 from ..distributed import COMPRESSION_HOOKS, sharding_in_use, sharding_refusal
-from ..hints import did_you_mean
+from ..hints import did_you_mean, parse_key_values
 from ..optim import DECAY_POLICIES, get_optimizer, is_registered, list_optimizers
 from ..optim.hyperparameters import check_by_construction, field_defaults, resolve_hyperparameters
 from ..optim.validation import check_choice
+from ..spikes import DEFAULT_WINDOW, DEFAULT_ZSCORE, check_spike_settings
 from .sharpness import DEFAULT_BATCH_SIZE, DEFAULT_ITERATIONS
-from .spikes import DEFAULT_WINDOW, DEFAULT_ZSCORE, check_spike_settings
 
 NATIVE_OPTIMIZERS: tuple[str, ...] = tuple(o.value for o in OptimizerNames)
 # transformers' own defaults for the fields this class leaves unset (None) until it knows the optimizer.
@@ -115,7 +116,7 @@ class FocoTrainingArguments(TrainingArguments):
         default=True, metadata={"help": "Log grad norm, update/weight ratio and loss spikes; skip non-finite "
                                         "updates (see hf_foco.trainer.stability)."})
     spike_window: int = field(default=DEFAULT_WINDOW, metadata={
-        "help": "Trailing logged losses the spike z-score uses (hf_foco.trainer.spikes)."})
+        "help": "Trailing logged losses the spike z-score uses (hf_foco.spikes)."})
     spike_zscore: float = field(default=DEFAULT_ZSCORE, metadata={
         "help": "A logged loss this many standard deviations above the trailing mean is a spike."})
     max_bad_steps: int = field(default=5, metadata={"help": "Stop after this many consecutive steps with "
@@ -159,6 +160,7 @@ class FocoTrainingArguments(TrainingArguments):
             if not math.isfinite(self.learning_rate):
                 raise ValueError(f"--learning_rate {self.learning_rate} is not a finite number: pass one like 3e-4.")
             super().__post_init__()
+            self._check_native_optimizer(name)
             return
         spec = get_optimizer(name)
         self._check_set_up_for(spec)
@@ -183,6 +185,39 @@ class FocoTrainingArguments(TrainingArguments):
         self.weight_decay = kwargs.get("weight_decay", 0.0)
         if "betas" in kwargs:
             self.adam_beta1, self.adam_beta2 = kwargs["betas"][:2]
+
+    def _check_native_optimizer(self, name: str) -> None:
+        """A transformers optimizer's settings, checked now as a registry optimizer's are: every ``--optim_args``
+        key transformers would not pass on to it is refused (it reads them for a few optimizers only, and
+        silently drops the rest), and torch's own optimizers are built on a dummy parameter so their range
+        checks (a beta of 1.5) fail here, not in the first step. Optimizers transformers cannot resolve here
+        (an optional package missing, a model needed) are left to transformers."""
+        from transformers import Trainer
+
+        def resolve(optim_args):
+            original, self.optim_args = self.optim_args, optim_args
+            try:
+                return Trainer.get_optimizer_cls_and_kwargs(self)
+            finally:
+                self.optim_args = original
+
+        try:
+            cls, kwargs = resolve(self.optim_args)
+            pairs = parse_key_values(self.optim_args, "--optim_args", "key=value")
+            ignored = [key for key in pairs if resolve(",".join(f"{k}={v}" for k, v in pairs.items() if k != key))
+                       == (cls, kwargs)]
+        except Exception:  # noqa: BLE001 (transformers' own error comes at the optimizer's creation)
+            return
+        if ignored:
+            raise ValueError(f"--optim_args {', '.join(f'{k}={pairs[k]}' for k in ignored)}: transformers' {name} does "
+                             "not take it, and would drop it silently. Remove it (--optim_args '' clears a recipe's), "
+                             "or choose an optimizer that takes it (`hf-foco optimizers` lists hf_foco's).")
+        if cls.__module__.startswith("torch.optim"):
+            try:
+                cls([torch.nn.Parameter(torch.zeros(2, 2))], **kwargs)
+            except (ValueError, TypeError) as err:
+                raise ValueError(f"--optim {name}: {err}. Fix it with --learning_rate, --weight_decay, --adam_beta1/"
+                                 "--adam_beta2, --adam_epsilon or --optim_args.") from None
 
     def _check_monitor_settings(self) -> None:
         check_choice("weight_decay_policy", self.weight_decay_policy, tuple(DECAY_POLICIES))

@@ -17,7 +17,8 @@ import torch
 from transformers import Trainer
 
 from ..artifacts import render_run
-from ..artifacts.files import (
+from ..optim import get_optimizer
+from ..rundir import (
     NATIVE_CLASS,
     RUN_INFO_FILE,
     STABILITY_FILE,
@@ -25,7 +26,6 @@ from ..artifacts.files import (
     TRAINING_ARGS_FILE,
     write_json,
 )
-from ..optim import get_optimizer
 from .arguments import is_registry_optim
 from .stability import monitor_of
 

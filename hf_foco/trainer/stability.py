@@ -12,7 +12,7 @@ go wrong the signs are a gradient's spikes, a collapsing or exploding update-to-
   their ``name`` key (``group<i>`` without one, groups of one name pooled): a group that barely moves or
   runs away shows up in the logs. An optimizer's own ``diagnostics()`` (FOP: its β*/η*) is logged alike;
 * a loss spike is a logged loss more than ``spike_zscore`` standard deviations above the mean of the
-  trailing ``spike_window`` logged losses, by the rule of :mod:`.spikes` (the study reports use the same);
+  trailing ``spike_window`` logged losses, by the rule of :mod:`hf_foco.spikes` (the study reports use the same);
 * the guard checks the (clipped) gradients before every optimizer step: one fused norm over them. A
   non-finite loss gives non-finite gradients, so it is caught too. The step's gradients are dropped, so
   the optimizer skips every parameter and its state does not advance (an optimizer that was handed more,
@@ -26,7 +26,7 @@ go wrong the signs are a gradient's spikes, a collapsing or exploding update-to-
   steps were all skipped logs its loss as NaN (the Trainer's NaN filter would log 0). (The LR schedule
   still advances on a skipped step, as it does on fp16 overflow steps.)
 
-The summary, with the losses' verdict under the divergence rule of :mod:`.spikes` (``loss_divergence``),
+The summary, with the losses' verdict under the divergence rule of :mod:`hf_foco.spikes` (``loss_divergence``),
 goes to ``stability.json`` in the output directory and, as a ``stability`` entry, to the
 Trainer's log history.
 """
@@ -41,11 +41,10 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from ..artifacts.files import STABILITY_FILE
-from .checkpoints import POISONED, last_checkpoint_before
-from .spikes import DEFAULT_WINDOW, DEFAULT_ZSCORE, SpikeDetector, check_spike_settings, loss_divergence
-
-NONFINITE_FILE = "nonfinite.json"  # the first non-finite step and the last good checkpoint before it
+from ..distributed.wrappers import unwrap_optimizer
+from ..rundir import EARLIER_NONFINITE_FILE, NONFINITE_FILE, POISONED, STABILITY_FILE
+from ..spikes import DEFAULT_WINDOW, DEFAULT_ZSCORE, SpikeDetector, check_spike_settings, loss_divergence
+from .checkpoints import last_checkpoint_before
 
 
 class TrainingDivergedError(RuntimeError):
@@ -137,7 +136,6 @@ class StabilityCallback(TrainerCallback, ExportableState):
             weights = _norms(self._before)
             self._pending_ratio = (deltas.norm() / weights.norm().clamp_min(1e-12)).item()
             self._pending_fields = self._group_fields(deltas, weights, [p.numel() for p in after])
-        from .trainer import unwrap_optimizer  # here: trainer.py imports this module
         diagnostics = getattr(unwrap_optimizer(optimizer), "diagnostics", None)
         if callable(diagnostics):
             self._pending_fields.update(diagnostics())
@@ -224,12 +222,17 @@ class StabilityCallback(TrainerCallback, ExportableState):
         }
 
     def write_summary(self, args, state) -> dict:
+        """Write ``stability.json``; when the run did not diverge, an earlier attempt's ``nonfinite.json`` in the
+        same directory is renamed ``nonfinite.earlier.json``, so no file says this run stopped."""
         # The study reports' divergence rule, on the same logs (None: the losses did not diverge).
         summary = {**self.summary(), "loss_divergence": loss_divergence(state.log_history)}
         if state.is_world_process_zero and args.output_dir:
             os.makedirs(args.output_dir, exist_ok=True)
             with open(os.path.join(args.output_dir, STABILITY_FILE), "w") as f:
                 json.dump(summary, f, indent=2)
+            stale = os.path.join(args.output_dir, NONFINITE_FILE)
+            if not self.diverged and os.path.isfile(stale):
+                os.replace(stale, os.path.join(args.output_dir, EARLIER_NONFINITE_FILE))
         return summary
 
     def state(self) -> dict:

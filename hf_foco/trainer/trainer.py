@@ -30,40 +30,27 @@ checkpoints and resume) is transformers' own. What differs:
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import torch
-from accelerate.optimizer import AcceleratedOptimizer
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer, TrainerCallback, TrainerState
 from transformers.loss.loss_utils import ForCausalLMLoss
 from transformers.trainer import SCHEDULER_NAME
 from transformers.utils import logging
 
 from ..distributed import register_compression
+from ..distributed.wrappers import unwrap_optimizer
 from ..optim import create_optimizer, spec_of
+from ..rundir import POISONED, TRAINER_STATE_FILE, WALL_TIME_KEY, write_resume_record
 from .arguments import is_registry_optim
-from .checkpoints import (
-    POISONED,
-    RESUME_RECORD,
-    missing_resume_files,
-    optimizer_change_message,
-    resume_differences,
-)
+from .checkpoints import refuse_changed_settings, refuse_incomplete_resume, resume_record, save_failure
 from .evaluation import LMMetrics, preprocess_logits_for_lm_metrics
 from .record import INFER, write_run_artifacts
 from .sharpness import HessianEigenvalueCallback
 from .stability import StabilityCallback, monitor_of
 
 logger = logging.get_logger(__name__)
-
-WALL_TIME_KEY = "wall_time_s"
-
-
-def unwrap_optimizer(optimizer):
-    """The torch optimizer under accelerate's wrapper (which passes no custom attribute through)."""
-    return optimizer.optimizer if isinstance(optimizer, AcceleratedOptimizer) else optimizer
 
 
 def split_in_halves(inputs: dict) -> tuple[tuple[dict, float], tuple[dict, float]]:
@@ -87,6 +74,10 @@ def split_in_halves(inputs: dict) -> tuple[tuple[dict, float], tuple[dict, float
                 for k, v in inputs.items()}
 
     return (cut(slice(0, n // 2)), (n // 2) / n), (cut(slice(n // 2, n)), (n - n // 2) / n)
+
+
+class CheckpointSaveError(RuntimeError):
+    """A checkpoint could not be written; the message names the last good one."""
 
 
 class WallClock(TrainerCallback):
@@ -161,13 +152,10 @@ class FocoTrainer(Trainer):
     # -- checkpoints -----------------------------------------------------------------------------------------
 
     def resume_record(self) -> dict:
-        """What each checkpoint records to compare on resume (:func:`resume_differences`): the optimizer, the
-        batch and schedule, and the ``run_settings`` (model, data) a job sets on the trainer."""
-        record = dict(getattr(self, "run_settings", {}))
-        if hasattr(self.args, "optimizer_record"):
-            record["optimizer"] = self.args.optimizer_record()
-            record["training"] = self.args.training_record()
-        return record
+        """What each checkpoint records to compare on resume (:mod:`.checkpoints`): the optimizer, the batch and
+        schedule, and the ``run_settings`` (model and data: :func:`.checkpoints.settings_record`) a job sets on
+        the trainer."""
+        return resume_record(self.args, getattr(self, "run_settings", None))
 
     def _save_checkpoint(self, model, trial) -> None:
         """Never save a checkpoint whose step was skipped as non-finite or whose weights are not finite: the
@@ -182,12 +170,15 @@ class FocoTrainer(Trainer):
         stale = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}" / POISONED
         if self.is_world_process_zero() and stale.is_file():
             stale.unlink()  # a resumed run rewrites this step with weights that did not diverge
-        super()._save_checkpoint(model, trial)
+        try:
+            super()._save_checkpoint(model, trial)
+        except OSError as err:  # a full disk, a directory made read-only: stop, naming what is still good
+            raise CheckpointSaveError(save_failure(self.args.output_dir, self.state.global_step, err)) from err
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         super()._save_optimizer_and_scheduler(output_dir)
         if self.is_world_process_zero():
-            (Path(output_dir) / RESUME_RECORD).write_text(json.dumps(self.resume_record(), indent=2, default=str))
+            write_resume_record(output_dir, self.resume_record())
 
     def _load_callback_state(self) -> None:
         """transformers restores callback state only with ``--restore_callback_states_from_checkpoint``; the
@@ -208,13 +199,8 @@ class FocoTrainer(Trainer):
         if checkpoint is None:
             return
         reset = getattr(self.args, "reset_optimizer_state", False)
-        if problem := missing_resume_files(checkpoint, need_optimizer=not reset):
-            raise ValueError(f"Checkpoint {checkpoint} has {problem}: resuming would restart the optimizer or the "
-                             "learning-rate warmup silently. Resume from a complete checkpoint, or pass "
-                             "--reset_optimizer_state true to start the optimizer state afresh on purpose.")
-        changed = resume_differences(checkpoint, {"optimizer": self.resume_record().get("optimizer")})
-        if changed and not reset:
-            raise ValueError(optimizer_change_message(checkpoint, changed["optimizer"]))
+        refuse_incomplete_resume(checkpoint, reset)
+        refuse_changed_settings(checkpoint, {"optimizer": self.resume_record().get("optimizer")}, reset)
         if not reset:
             return super()._load_optimizer_and_scheduler(checkpoint)
         logger.warning(f"--reset_optimizer_state: resuming {checkpoint}'s weights and step with a fresh optimizer "
@@ -222,6 +208,14 @@ class FocoTrainer(Trainer):
         self.lr_scheduler.load_state_dict(torch.load(Path(checkpoint) / SCHEDULER_NAME, weights_only=True))
         if hasattr(self.lr_scheduler, "base_lrs"):
             self.lr_scheduler.base_lrs = [group["initial_lr"] for group in self.optimizer.param_groups]
+
+    def load_finished(self, checkpoint: str) -> None:
+        """Take up a run that already reached its last step at ``checkpoint`` without training another step: its
+        weights, its state (step and log history) and the callbacks' state, so that evaluating and saving then
+        end the run as if ``train()`` had just stopped there."""
+        self._load_from_checkpoint(checkpoint)
+        self.state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE_FILE))
+        self._load_callback_state()
 
     # -- the training step ----------------------------------------------------------------------------------
 

@@ -38,8 +38,8 @@ def sweep(cells: dict[str, torch.Tensor], optimizers, lrs: list[float], *, repli
     same random numbers (common random numbers: their differences are less noisy than their scores).
     ``block_elements`` bounds the size of one state tensor: ~64k floats stay in cache and still amortise
     the per-call overhead. ``workers`` > 1 runs (optimizer, lr, block) tasks in that many single-threaded
-    processes: on a busy machine torch's multi-threaded elementwise ops spend most of their time waiting
-    for a descheduled thread (measured 40x slower than one thread at load 13 on 2 cores).
+    processes: on a busy machine torch's multi-threaded elementwise ops on these small tensors spend most of
+    their time waiting for a descheduled thread, which single-threaded workers never do.
     """
     unknown = [name for name in optimizers if name not in TOY_OPTIMIZERS]
     if unknown:

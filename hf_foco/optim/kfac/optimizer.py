@@ -5,25 +5,28 @@ Fisher F = A ⊗ G (:mod:`.curvature`), and train every other parameter (embeddi
 LayerNorms) with AdamW, as the FOP paper does for ViT. One machinery serves both: ``kfac`` is FOP with
 β* = 0 and no half-batch split (FOP's arithmetic: :mod:`.fop`).
 
-Why the defaults are what they are. In a GPT-2's first steps the residual stream grows fast and G's scale
-falls by orders of magnitude, which rules out the textbook settings:
+The defaults make K-FAC train a GPT-2, whose curvature moves fast early in training:
 
-1. *Fresh factors.* A slow running average (ρ = 0.05 every 10 steps) keeps the first steps' factors for
-   hundreds of steps, so each layer's step is off by a drifting, layer-dependent factor and no learning rate
-   fits. Hence a dense start (``dense_steps`` refreshes with ρ = 1, every step), then a refresh every
-   ``update_freq`` steps with ``factor_ema``; ``curvature_examples`` refreshes from the first N examples of
-   the batch only, for cost.
-2. *One learning rate for the whole model.* ``normalize_update`` (default) rescales each layer's
-   preconditioned update to RMS 1 before the momentum average, so the K-FAC step has AdamW's scale and one
-   ``lr`` drives both the K-FAC layers and the AdamW parameters (``adamw_lr=None``: "the same as ``lr``").
-   Raw, un-normalised updates (``normalize_update=False``: SGD momentum on F⁻¹g, the classic form) have
-   another scale, so there ``adamw_lr`` must be given explicitly.
-3. *Relative damping.* An absolute λ means nothing while the factors' scale moves: ``relative_damping``
-   (default) makes λ relative to each factor's mean eigenvalue (:func:`~.curvature.damped_inverses`).
-4. *Labels where the loss is taken*: a causal LM's last position has no target, so the sampled Fisher uses
-   the positions that carry loss (``loss_mask``, from the batch's labels).
+1. *Factors that track the model.* The residual stream of a freshly initialised transformer grows by
+   orders of magnitude within its first steps, and G's scale falls with it; a slow running average would
+   keep the initial factors and precondition every later step with them. So the factors start *dense*:
+   ``dense_steps`` refreshes with ρ = 1, one per step, then a refresh every ``update_freq`` steps into a
+   running average with weight ``factor_ema``.
+2. *One learning rate.* ``normalize_update`` (default) rescales each layer's preconditioned update to RMS 1
+   before the momentum average, so the K-FAC step has AdamW's scale, and the parameters outside K-FAC
+   layers (embeddings, LayerNorms, the tied head) take the same ``lr``: ``adamw_lr=None`` means "the same
+   as ``lr``", and ``--learning_rate`` moves the whole model. Raw, un-normalised updates
+   (``normalize_update=False``: SGD momentum on F⁻¹g, the classic form) have another scale, so there
+   ``adamw_lr`` must be given explicitly.
+3. *Damping relative to the factors.* An absolute λ means nothing while the factors' scale moves, so with
+   ``relative_damping`` (default) λ is relative to each factor's mean eigenvalue (trace / dim): √λ·tr(A)/dim
+   on A and √λ·tr(G)/dim on G (:func:`~.curvature.damped_inverses`).
+4. *The Fisher of the positions that carry loss.* A causal LM's last position has no target, so the sampled
+   Fisher uses the positions the batch's labels mark (``loss_mask``).
 
-What they measure against AdamW on gpt2-nano is in the README (``recipes/studies/gpt2-nano-kfac.yaml``).
+``curvature_examples`` refreshes the factors from the first N examples of the batch only, for cost. How
+K-FAC and FOP compare with AdamW on the nano model, and their step time, is in the README (Benchmarks; the
+study ``recipes/studies/gpt2-nano-kfac.yaml``).
 
 Outer update: momentum on the (normalised) preconditioned direction u, then decoupled weight decay. The
 weight decay of the K-FAC groups is rescaled by ``adamw_lr / lr`` so every parameter shrinks at the AdamW
@@ -57,6 +60,7 @@ from torch import nn
 from ...distributed import all_reduce_mean, refuse_sharding
 from ...tensorlist import dot
 from ..base import adamw_step, closure_loss, split_groups
+from ..state import check_state_kind
 from ..validation import check_betas, check_lr, check_unit_interval, check_weight_decay
 from .curvature import (
     DEFAULT_EXCLUDE,
@@ -99,6 +103,14 @@ class KFAC(torch.optim.Optimizer):
             only with ``normalize_update=False``).
         exclude: fnmatch patterns of module names left to AdamW.
     """
+
+    # The per-parameter state it keeps: Kronecker factors, inverses and momentum of the K-FAC layers (FOP adds
+    # its β*/η*), AdamW moments of the rest. Another optimizer's state is refused on load.
+    state_names = ("A", "G", "A_inv", "G_inv", "bias_inv", "momentum_buffer", "exp_avg", "exp_avg_sq")
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        check_state_kind(self, state_dict, self.state_names)
+        super().load_state_dict(state_dict)
 
     def __init__(self, params, model: nn.Module, lr: float = 6e-4, momentum: float = 0.9,
                  adamw_lr: float | None = None, betas=(0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.1,
@@ -283,6 +295,8 @@ class FOP(KFAC):
     ``step()`` it needs g1 − g2, the difference of the two half-batch gradients of :attr:`half_batch_params`
     (:meth:`receive_half_batch_difference`; FocoTrainer hands it over).
     """
+
+    state_names = (*KFAC.state_names, "beta", "eta")
 
     def __init__(self, params, model: nn.Module, *, beta_max: float = 0.5, eta_max: float = 2.0, **kfac_settings):
         if not beta_max >= 0 or not eta_max > 0:

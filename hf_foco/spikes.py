@@ -1,4 +1,4 @@
-"""The loss-spike and loss-divergence rules, one each for the live stability monitor and the study reports.
+"""The loss-spike and loss-divergence rules, shared by the live stability monitor and the study reports.
 
 A logged training loss is a spike when its z-score against the trailing ``window`` logged losses is above
 ``zscore``: ``z = (loss − mean) / std`` with the sample standard deviation, floored at 0.1 % of the mean
@@ -15,7 +15,8 @@ any train loss logged in the last ``late_fraction`` of its steps is non-finite o
 train loss: the usual "NaN or above the initial loss" rule, applied to the late part of the run so that a
 transient excursion the run recovered from counts as a spike, not as a divergence.
 
-Pure Python: the study reports import it without torch.
+Plain Python over logged numbers (no tensors), so the live monitor (:mod:`hf_foco.trainer.stability`) and the
+study reports (:mod:`hf_foco.compare.analysis`), which read finished runs' files, apply the very same rule.
 """
 
 from __future__ import annotations
