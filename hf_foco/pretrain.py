@@ -59,15 +59,21 @@ def _parser(prog: str | None = None):
 def parse_args(argv: list[str] | None = None, prog: str | None = None):
     """``[RECIPE.yaml] [--key value ...]`` -> (ModelArguments, DataArguments, FocoTrainingArguments).
 
-    Launched as several processes on a machine without GPU, ``use_cpu`` defaults to true (gloo DDP).
-    ``prog`` names the command in ``--help`` (default: the script's file name).
+    Launched as several processes on a machine without GPU, ``use_cpu`` defaults to true (gloo DDP). A
+    recipe's ``tokens_per_step`` sets the gradient accumulation for the launch's number of processes
+    (:func:`~hf_foco.trainer.batch.derive_accumulation`). ``prog`` names the command in ``--help``
+    (default: the script's file name).
     """
+    from .trainer.batch import derive_accumulation
+
     parser = _parser(prog)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available():
         # A multi-process launch on a machine without accelerator (recipes/accelerate_configs/cpu_ddp.yaml):
         # only CPU DDP can work, and without use_cpu each rank would run alone.
         parser.set_defaults(use_cpu=True)
-    return parse_recipe_args(parser, sys.argv[1:] if argv is None else argv)
+    model_args, data_args, training_args = parse_recipe_args(parser, sys.argv[1:] if argv is None else argv)
+    derive_accumulation(training_args, data_args.block_size)
+    return model_args, data_args, training_args
 
 
 def check_commands(argvs: list[list[str]]) -> list[str | None]:

@@ -74,7 +74,7 @@ def plain_run(argv: list[str], warmup: int, tokens_per_step: int,
     recipe's optimizer, or torch's fused AdamW (``fused_adamw``, at the registry's GPT-2 settings)."""
     model_args, data_args, args = parse_args(argv)
     trainer, _ = build_trainer(model_args, data_args, args)  # only for the same model init and data
-    model, data = trainer.model.train(), trainer.train_dataset
+    model, data = trainer.model.train(), trainer.train_dataset  # the model on the Trainer's device
     if fused_adamw:
         optimizer = create_optimizer("adamw", model, weight_decay_policy=args.weight_decay_policy, fused=True)
     else:
@@ -84,7 +84,7 @@ def plain_run(argv: list[str], warmup: int, tokens_per_step: int,
     batch = args.per_device_train_batch_size
     times = []
     for step in range(args.max_steps):
-        ids = torch.as_tensor(data[step * batch:(step + 1) * batch]["input_ids"], dtype=torch.long)
+        ids = torch.as_tensor(data[step * batch:(step + 1) * batch]["input_ids"], dtype=torch.long, device=model.device)
         loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)

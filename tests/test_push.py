@@ -4,6 +4,7 @@ honours transformers' card arguments, and offline the push fails clearly without
 import hashlib
 import json
 import math
+import shutil
 from pathlib import Path
 
 import matplotlib.image
@@ -14,6 +15,7 @@ from huggingface_hub import HfApi, ModelCard, constants
 from huggingface_hub.errors import OfflineModeIsEnabled
 from transformers import TrainerCallback
 
+from hf_foco.artifacts import render_run
 from hf_foco.artifacts.push import PushError, push_run
 from hf_foco.cli import main as cli_main
 from hf_foco.trainer import FocoTrainer, FocoTrainingArguments, write_run_artifacts
@@ -74,6 +76,17 @@ def test_model_card_describes_the_pretraining_run(run_dir):
     assert image.shape[0] > 100 and image.shape[1] > 100
     stability = json.loads((out / "stability.json").read_text())
     assert stability["num_skipped_steps"] == 0 and stability["status"] == "ok"
+
+
+def test_a_run_that_did_not_count_tokens_reports_steps_times_batch(run_dir, tmp_path):
+    out, state = run_dir
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    saved = json.loads((copy / "trainer_state.json").read_text())
+    (copy / "trainer_state.json").write_text(json.dumps({**saved, "num_input_tokens_seen": 0}))  # counting off
+    render_run(copy)
+    card = (copy / "README.md").read_text()
+    assert f"Tokens seen: {state.num_input_tokens_seen} (steps x global batch x sequence length)" in card
 
 
 def _snapshot(folder):

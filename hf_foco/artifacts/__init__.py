@@ -64,7 +64,13 @@ def render_run(output_dir: str | os.PathLike, dataset_info: dict | None = None,
         write_json(out / RUN_INFO_FILE, record)
     if repo_id is not None:
         record.update(repo_id=repo_id, model_name=repo_id.split("/")[-1])
-    record["results"] = _results(state)
+    record["results"] = results = _results(state)
+    length = record.get("dataset", {}).get("sequence_length")
+    if results["tokens_seen"] is None and results["steps"] and record.get("global_batch_size") and length:
+        # Not counted during training (include_num_input_tokens_seen off: the count is a host sync per
+        # micro-batch): every step trains one global batch of full sequences.
+        results["tokens_seen"] = results["steps"] * record["global_batch_size"] * length
+        results["tokens_seen_derived"] = True
     record["stability"] = read_json(out / STABILITY_FILE)
     written: dict[str, Path] = {}
     if plot_loss_curve(state.get("log_history", []), out / LOSS_CURVE_FILE, title=record.get("model_name") or ""):

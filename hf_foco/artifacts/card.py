@@ -106,7 +106,8 @@ def render_model_card(record: dict) -> str:
         f"- Learning-rate schedule: {record.get('lr_scheduler_type')}, warmup {record.get('warmup_steps')} steps, "
         f"gradient clipping at {record.get('max_grad_norm')}\n"
         f"- Steps: {res.get('steps')}; global batch: {record.get('global_batch_size')} sequences\n"
-        f"- Tokens seen: {_fmt(res.get('tokens_seen')) if res.get('tokens_seen') else 'not recorded'}\n"
+        f"- Tokens seen: {_fmt(res.get('tokens_seen')) if res.get('tokens_seen') else 'not recorded'}"
+        f"{' (steps x global batch x sequence length)' if res.get('tokens_seen_derived') else ''}\n"
         f"- Precision: {record.get('precision')}\n"
         f"- Hardware: {record.get('hardware')}\n"
         f"- Wall time: {_duration(res.get('train_runtime'))}",

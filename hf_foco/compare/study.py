@@ -32,9 +32,10 @@ study's ``summary.json``, taken from the group with the same tokens per step (e.
 small-batch half of a noise study).
 
 Same token budget: a batch multiplier ``m`` multiplies ``batch_size_key`` (default
-``per_device_train_batch_size``) by ``m`` and divides the step-counted keys (``max_steps`` must be
-divisible; ``eval_steps``, ``logging_steps``, ``save_steps`` and an integer ``warmup_steps`` are divided
-and rounded down, at least 1), so every batch size sees the same tokens and about as many evals.
+``per_device_train_batch_size``; ``tokens_per_step`` for recipes that state their global batch) by ``m``
+and divides the step-counted keys (``max_steps`` must be divisible; ``eval_steps``, ``logging_steps``,
+``save_steps`` and an integer ``warmup_steps`` are divided and rounded down, at least 1), so every batch
+size sees the same tokens and about as many evals.
 """
 
 from __future__ import annotations
@@ -315,7 +316,7 @@ class Study:
         batch = merged.get(self.batch_size_key, TRAINER_DEFAULTS.get(self.batch_size_key))
         if not isinstance(batch, int):
             raise _fail(self.path, f"batch_size_key {self.batch_size_key!r} has no integer value to scale",
-                        "Use per_device_train_batch_size or gradient_accumulation_steps.")
+                        "Use per_device_train_batch_size, gradient_accumulation_steps or tokens_per_step.")
         scaled = {self.batch_size_key: batch * mult}
         for key in STEP_KEYS:
             if isinstance(merged.get(key), int) and not isinstance(merged[key], bool):
@@ -323,9 +324,12 @@ class Study:
         return scaled
 
     def _tokens_per_step(self, merged: dict[str, Any]) -> int:
-        """Batch x accumulation x block_size (the pipeline's default when unset) x world size."""
+        """The recipe's ``tokens_per_step``, else batch x accumulation x block_size (the pipeline's default when
+        unset) x world size."""
         from ..data import DataArguments
 
+        if merged.get("tokens_per_step") is not None:
+            return merged["tokens_per_step"]
         block = merged.get("block_size", DataArguments.block_size)
         return (merged["per_device_train_batch_size"] * merged["gradient_accumulation_steps"] * block
                 * self.world_size)

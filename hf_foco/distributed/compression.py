@@ -23,6 +23,7 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as psgd_hooks
 
 from ..hints import did_you_mean
+from .wrappers import find_ddp
 
 # No ``from __future__ import annotations`` here: DDP compares a hook's annotations to the real types.
 Future = torch.futures.Future[torch.Tensor]
@@ -221,20 +222,23 @@ COMPRESSION_HOOKS: dict[str, Callable[..., Hook]] = {
 }
 
 
-def register_compression(ddp_model: torch.nn.Module, name: str,
+def register_compression(model: torch.nn.Module, name: str,
                          process_group: dist.ProcessGroup | None = None, **options) -> CompressionState:
     """Register the gradient compression hook ``name`` on a DDP model and return its state (counters).
 
-    Call it once, after wrapping the model in DistributedDataParallel (after ``accelerator.prepare``) and
-    before the first backward. ``options`` go to the hook's factory (PowerSGD's settings).
+    ``model`` is the DistributedDataParallel module or its ``torch.compile`` wrapper (:func:`find_ddp`).
+    Call it once, after wrapping the model (after ``accelerator.prepare``) and before the first backward.
+    ``options`` go to the hook's factory (PowerSGD's settings).
     """
     if name not in COMPRESSION_HOOKS:
         raise ValueError(f"Unknown gradient compression {name!r}.{did_you_mean(name, COMPRESSION_HOOKS)} "
                          f"Choose one of: {', '.join(COMPRESSION_HOOKS)}.")
-    if not isinstance(ddp_model, torch.nn.parallel.DistributedDataParallel):
+    ddp_model = find_ddp(model)
+    if ddp_model is None:
         raise TypeError(f"Gradient compression {name!r} is a DDP communication hook, but the model is a "
-                        f"{type(ddp_model).__name__}. It needs a multi-process DistributedDataParallel run "
-                        "(accelerate launch --multi_gpu ...); FSDP and single-process runs have no DDP hook.")
+                        f"{type(model).__name__} with no DistributedDataParallel module in it. It needs a "
+                        "multi-process DistributedDataParallel run (accelerate launch --multi_gpu ...); FSDP and "
+                        "single-process runs have no DDP hook.")
     state = CompressionState(name=name, process_group=process_group)
     ddp_model.register_comm_hook(state, COMPRESSION_HOOKS[name](state, **options))
     return state

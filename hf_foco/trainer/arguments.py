@@ -128,6 +128,13 @@ class FocoTrainingArguments(TrainingArguments):
         "help": "Resume the weights and the step count of a checkpoint but start the optimizer state afresh with "
                 "this run's optimizer and learning rate (needed when either changed, or the checkpoint has no "
                 "optimizer state)."})
+    tokens_per_step: int | None = field(
+        default=None, metadata={"help": "Tokens per optimizer step over all processes (the global batch), for the "
+                                        "pretraining job: it sets gradient_accumulation_steps to tokens_per_step / "
+                                        "(processes x per_device_train_batch_size x block_size), so a recipe trains "
+                                        "the same batch on any number of GPUs (hf_foco.trainer.batch); other scripts "
+                                        "must set the matching accumulation (checked at the first step). Unset: "
+                                        "gradient_accumulation_steps as given."})
     gradient_compression: str | None = field(
         default=None, metadata={"help": "DDP gradient compression hook (multi-process DDP only): none (fp32, with "
                                         "byte counting), bf16, sign (1-bit signs with error feedback) or powersgd. "
@@ -266,8 +273,11 @@ class FocoTrainingArguments(TrainingArguments):
     def training_record(self) -> dict:
         """The batch and schedule settings a checkpoint records, to compare on resume (a changed batch or
         schedule would silently make another run; --max_steps may change, to train further)."""
-        return {"per_device_train_batch_size": self.per_device_train_batch_size,
-                "gradient_accumulation_steps": self.gradient_accumulation_steps,
+        # With --tokens_per_step the accumulation follows from the number of processes; the global batch is
+        # what must not change.
+        batch = ({"tokens_per_step": self.tokens_per_step} if self.tokens_per_step is not None else
+                 {"gradient_accumulation_steps": self.gradient_accumulation_steps})
+        return {"per_device_train_batch_size": self.per_device_train_batch_size, **batch,
                 "lr_scheduler_type": str(getattr(self.lr_scheduler_type, "value", self.lr_scheduler_type)),
                 "warmup_steps": self.warmup_steps, "max_grad_norm": self.max_grad_norm, "seed": self.seed}
 

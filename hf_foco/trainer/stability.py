@@ -41,6 +41,7 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
+from ..distributed import all_finite, squared_norms
 from ..distributed.wrappers import unwrap_optimizer
 from ..rundir import EARLIER_NONFINITE_FILE, NONFINITE_FILE, POISONED, STABILITY_FILE
 from ..spikes import DEFAULT_WINDOW, DEFAULT_ZSCORE, SpikeDetector, check_spike_settings, loss_divergence
@@ -61,12 +62,6 @@ def _is_logging_step(args, state, step: int) -> bool:
 def monitor_of(trainer) -> StabilityCallback | None:
     """The trainer's StabilityCallback, if it has one."""
     return next((cb for cb in trainer.callback_handler.callbacks if isinstance(cb, StabilityCallback)), None)
-
-
-def _norms(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """Per-tensor L2 norms as one fp32 vector (one fused kernel per device and dtype)."""
-    device = tensors[0].device
-    return torch.stack([n.to(device=device, dtype=torch.float32) for n in torch._foreach_norm(tensors)])
 
 
 class StabilityCallback(TrainerCallback, ExportableState):
@@ -103,7 +98,7 @@ class StabilityCallback(TrainerCallback, ExportableState):
         params = [p for p in model.parameters() if p.grad is not None]
         if not params:
             return
-        if not torch.isfinite(_norms([p.grad for p in params]).sum()):
+        if not all_finite([p.grad for p in params]):
             for p in params:
                 p.grad = None  # every optimizer skips a parameter without a gradient: no state change
             step = state.global_step + 1
@@ -132,27 +127,28 @@ class StabilityCallback(TrainerCallback, ExportableState):
             return
         after = [p.detach() for p in model.parameters() if p.grad is not None]
         if len(after) == len(self._before):
-            deltas = _norms(torch._foreach_sub(after, self._before))
-            weights = _norms(self._before)
-            self._pending_ratio = (deltas.norm() / weights.norm().clamp_min(1e-12)).item()
+            # Squared norms of the updates and of the weights, in one collective under FSDP.
+            squares = squared_norms([*torch._foreach_sub(after, self._before), *self._before]).tolist()
+            deltas, weights = squares[:len(after)], squares[len(after):]
+            self._pending_ratio = math.sqrt(sum(deltas)) / max(math.sqrt(sum(weights)), 1e-12)
             self._pending_fields = self._group_fields(deltas, weights, [p.numel() for p in after])
         diagnostics = getattr(unwrap_optimizer(optimizer), "diagnostics", None)
         if callable(diagnostics):
             self._pending_fields.update(diagnostics())
         self._before = None
 
-    def _group_fields(self, deltas: torch.Tensor, weights: torch.Tensor, numels: list[int]) -> dict[str, float]:
-        """update_rms/<group> and update_ratio/<group> when the tensors fall into several named groups."""
+    def _group_fields(self, deltas: list[float], weights: list[float], numels: list[int]) -> dict[str, float]:
+        """update_rms/<group> and update_ratio/<group> when the tensors fall into several named groups
+        (``deltas`` and ``weights``: each tensor's squared norm)."""
         names = sorted(set(self._group_of))
         if len(names) < 2:
             return {}
         fields = {}
         for name in names:
-            index = torch.tensor([i for i, n in enumerate(self._group_of) if n == name], device=deltas.device)
-            delta, weight = deltas[index].norm(), weights[index].norm()
-            count = sum(numels[i] for i in index.tolist())
-            fields[f"update_rms/{name}"] = (delta / count ** 0.5).item()
-            fields[f"update_ratio/{name}"] = (delta / weight.clamp_min(1e-12)).item()
+            index = [i for i, n in enumerate(self._group_of) if n == name]
+            delta, weight = math.sqrt(sum(deltas[i] for i in index)), math.sqrt(sum(weights[i] for i in index))
+            fields[f"update_rms/{name}"] = delta / math.sqrt(sum(numels[i] for i in index))
+            fields[f"update_ratio/{name}"] = delta / max(weight, 1e-12)
         return fields
 
     def diverge(self, args, state) -> str | None:

@@ -18,9 +18,11 @@ checkpoints and resume) is transformers' own. What differs:
   buffer divided by its share of the step's loss weight). Clipping, scheduler and ``step()`` stay the
   Trainer's.
 * ``--gradient_compression NAME``: before the first step of a multi-process DDP run the trainer registers
-  that communication hook (:func:`hf_foco.distributed.register_compression`) and adds ``comm_bytes`` and
+  that communication hook (:func:`hf_foco.distributed.register_compression`, on the DDP module also under
+  ``--torch_compile``'s wrapper) and adds ``comm_bytes`` and
   ``comm_ratio`` (bytes sent / an fp32 all-reduce's) to the logs. A single process has nothing to compress
   (a warning says so); FSDP has no DDP hook (a clear error says so).
+* ``--tokens_per_step``: the first micro-batch must add up to it (:mod:`.batch`).
 * Defaults: a :class:`StabilityCallback` (unless ``--stability_monitor false``), the top Hessian eigenvalue
   with ``--hessian_every_n_steps``, a ``wall_time_s`` stamp on every log entry, and, when no
   ``compute_metrics`` is given, next-token accuracy and perplexity from the packaged evaluate module.
@@ -39,11 +41,11 @@ from transformers.loss.loss_utils import ForCausalLMLoss
 from transformers.trainer import SCHEDULER_NAME
 from transformers.utils import logging
 
-from ..distributed import register_compression
-from ..distributed.wrappers import unwrap_optimizer
+from ..distributed import all_finite, find_ddp, register_compression, unwrap_optimizer
 from ..optim import create_optimizer, spec_of
 from ..rundir import POISONED, TRAINER_STATE_FILE, WALL_TIME_KEY, write_resume_record
 from .arguments import is_registry_optim
+from .batch import check_tokens_per_step
 from .checkpoints import refuse_changed_settings, refuse_incomplete_resume, resume_record, save_failure
 from .evaluation import LMMetrics, preprocess_logits_for_lm_metrics
 from .record import INFER, write_run_artifacts
@@ -116,6 +118,7 @@ class FocoTrainer(Trainer):
         self._half_shares = [0.0, 0.0]  # each half's share of the step's loss weight so far
         self.compression = None  # the CompressionState once the hook is registered
         self._compression_checked = False
+        self._batch_checked = False
         if not self._loss_shifts_labels and getattr(self.model, "loss_function", None) is ForCausalLMLoss:
             # A config-built causal LM has loss_type None, so Trainer counts the unshifted labels and divides
             # the summed loss by T tokens per sequence instead of T-1: every reported loss would be (T-1)/T
@@ -138,7 +141,7 @@ class FocoTrainer(Trainer):
         if name is None or self._compression_checked:
             return
         self._compression_checked = True
-        if self.args.world_size == 1 and not isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        if self.args.world_size == 1 and find_ddp(model) is None:
             logger.warning(f"--gradient_compression {name} has no effect in a single-process run (nothing is "
                            "communicated); launch with several processes under DDP to use it.")
             return
@@ -162,8 +165,7 @@ class FocoTrainer(Trainer):
         last checkpoint stays the last good state (:mod:`.stability`)."""
         monitor = self.stability
         bad = monitor is not None and monitor.consecutive_bad > 0
-        params = [p.detach() for p in self.model.parameters()]
-        if bad or (params and not torch.isfinite(torch.stack([n.float() for n in torch._foreach_norm(params)])).all()):
+        if bad or not all_finite([p.detach() for p in self.model.parameters()]):
             logger.warning(f"Not saving a checkpoint at step {self.state.global_step}: "
                            f"{'the step was skipped as non-finite' if bad else 'the weights are not finite'}.")
             return
@@ -221,6 +223,9 @@ class FocoTrainer(Trainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         self._register_compression(model)
+        if not self._batch_checked:
+            self._batch_checked = True
+            check_tokens_per_step(self.args, inputs)
         optimizer = unwrap_optimizer(self.optimizer)
         spec = spec_of(optimizer)
         if spec is None or not (spec.needs_layer_hooks or spec.needs_half_batch_grads):
@@ -244,7 +249,7 @@ class FocoTrainer(Trainer):
 
     def _half_batch_step(self, optimizer, model, inputs, num_items_in_batch) -> torch.Tensor:
         """Two forwards and backwards, one per half, each into its own gradient buffer (module docstring)."""
-        if isinstance(model, torch.nn.parallel.DistributedDataParallel) and model.gradient_as_bucket_view:
+        if (ddp := find_ddp(model)) is not None and ddp.gradient_as_bucket_view:
             raise ValueError("The half-batch step swaps p.grad between two buffers, which DDP's "
                              "gradient_as_bucket_view=True forbids: leave gradient_as_bucket_view off.")
         params = optimizer.half_batch_params
