@@ -65,9 +65,8 @@ def _optimizers_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
-def _state_size(bytes_per_param: float | None) -> str:
-    return "Kronecker factors (per layer, not per parameter)" if bytes_per_param is None else \
-        f"{bytes_per_param:g} B/param"
+def _state_size(spec) -> str:
+    return spec.state if spec.state_bytes_per_param is None else f"{spec.state_bytes_per_param:g} B/param"
 
 
 def _optimizers(args: argparse.Namespace) -> int:
@@ -78,7 +77,9 @@ def _optimizers(args: argparse.Namespace) -> int:
             "name": spec.name,
             "class": f"{spec.cls.__module__}.{spec.cls.__qualname__}",
             "defaults": dict(spec.defaults),
+            "defaults_from": spec.defaults_from,
             "state_bytes_per_param": spec.state_bytes_per_param,
+            "state": _state_size(spec),
             "needs_half_batch_grads": spec.needs_half_batch_grads,
             "needs_layer_hooks": spec.needs_layer_hooks,
             "supports_sharded_params": spec.supports_sharded_params,
@@ -93,12 +94,26 @@ def _optimizers(args: argparse.Namespace) -> int:
     for row in rows:
         flags = [f for f in ("needs_half_batch_grads", "needs_layer_hooks", "supports_sharded_params") if row[f]]
         defaults = ", ".join(f"{k}={v}" for k, v in row["defaults"].items())
-        print(f"{row['name']:<8} {row['class']}  state: {_state_size(row['state_bytes_per_param'])}")
-        print(f"         defaults: {defaults}")
+        print(f"{row['name']:<8} {row['class']}  state: {row['state']}")
+        print(f"         defaults: {defaults}  ({row['defaults_from']})")
         print(f"         capabilities: {', '.join(flags) or '-'}")
         print(f"         {row['description']}  [{row['paper']}]")
     print("\nEach name works as --optim NAME with FocoTrainingArguments, scripts/run_pretrain.py, and any stock "
           "Trainer script run as `hf-foco run SCRIPT.py --optim NAME ...`.")
+    return 0
+
+
+# -- hf-foco build-kernels --------------------------------------------------------------------------------
+
+def _build_kernels(args: argparse.Namespace) -> int:
+    from .optim import cpu_kernels
+
+    module = cpu_kernels.build()
+    if isinstance(module, str):
+        print(f"hf-foco build-kernels: no fused CPU kernels ({module}); the optimizers take their foreach steps.",
+              file=sys.stderr)
+        return 1
+    print(f"hf_foco's fused CPU optimizer kernels are ready: {module.__file__}")
     return 0
 
 
@@ -291,6 +306,8 @@ def _valley(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Command] = {
     "optimizers": Command("list registered optimizers with defaults and capabilities", _optimizers,
                           _optimizers_arguments),
+    "build-kernels": Command("compile the fused CPU optimizer kernels now (once per machine, about a minute) "
+                             "instead of at the first optimizer step", _build_kernels, lambda parser: None),
     "train": Command("pretrain GPT-2 from a recipe: hf-foco train RECIPE.yaml [--key value ...] (as "
                      "scripts/run_pretrain.py)", _train),
     "prepare-data": Command("tokenize a dataset once into token shards that training reads with --prepared_data "

@@ -10,8 +10,12 @@ time (for a foreach step, which makes several passes, an effective figure), besi
 ``x += y`` on the same machine and threads, the practical limit of a step that reads some tensors and
 updates others in place.
 
+Each elementwise optimizer runs its fused step (CPU: the C++ kernels; CUDA: the ``torch.compile``-d multi-tensor
+step, one call per optimizer step), its foreach step and, on CPU, the compiled step too (the CUDA code, compiled
+for CPU by Inductor), with the registry's hyperparameters. The first step of each, untimed, builds or compiles.
+
     python scripts/bench_optim.py                 # CPU, gpt2-small shapes
-    python scripts/bench_optim.py --device cuda   # a GPU: foco's torch.compile-fused step, share of HBM bandwidth
+    python scripts/bench_optim.py --device cuda   # a GPU: the compiled steps against fused AdamW, share of HBM bandwidth
 
 The process's allocator is tuned as the training job's is (:mod:`hf_foco.allocator`).
 """
@@ -19,13 +23,14 @@ The process's allocator is tuned as the training job's is (:mod:`hf_foco.allocat
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 
 import torch
 
 from hf_foco.allocator import tune_allocator
 from hf_foco.models import build_model
-from hf_foco.optim import FOCUS, FOCUS16bit, Lion, Signum
+from hf_foco.optim import create_optimizer, dispatch
 
 # Bytes one fused pass moves per fp32 parameter: read g, read and write theta and the states.
 TRAFFIC = {"adamw": 4 + 2 * (4 + 4 + 4), "foco": 4 + 2 * (4 + 2 + 2), "focus": 4 + 2 * (4 + 4 + 4),
@@ -34,23 +39,18 @@ BASELINE, FOREACH_BASELINE, STREAM = "adamw (fused)", "adamw (foreach)", "x += y
 
 
 def candidates(device: str) -> dict:
-    """name -> constructor over a parameter list (each optimizer's GPT-2 hyperparameters). On CUDA the fused
-    CPU kernels do not apply; foco's fused step there is its torch.compile kernel."""
-    table = {
-        BASELINE: lambda ps: torch.optim.AdamW(ps, lr=6e-4, weight_decay=0.1, fused=True),
-        FOREACH_BASELINE: lambda ps: torch.optim.AdamW(ps, lr=6e-4, weight_decay=0.1, foreach=True),
-        "foco (fused)": lambda ps: FOCUS16bit(ps, lr=6e-4, gamma=0.2, weight_decay=0.2, fused=True),
-        "foco (foreach)": lambda ps: FOCUS16bit(ps, lr=6e-4, gamma=0.2, weight_decay=0.2, foreach=True),
-        "focus (fused)": lambda ps: FOCUS(ps, lr=6e-4, gamma=0.2, weight_decay=0.2, fused=True),
-        "focus (foreach)": lambda ps: FOCUS(ps, lr=6e-4, gamma=0.2, weight_decay=0.2, foreach=True),
-        "signum (fused)": lambda ps: Signum(ps, lr=1e-4, weight_decay=0.1, fused=True),
-        "signum (foreach)": lambda ps: Signum(ps, lr=1e-4, weight_decay=0.1, foreach=True),
-        "lion (fused)": lambda ps: Lion(ps, lr=1e-4, weight_decay=0.5, fused=True),
-        "lion (foreach)": lambda ps: Lion(ps, lr=1e-4, weight_decay=0.5, foreach=True),
-    }
-    if device != "cpu":
-        table = {name: make for name, make in table.items()
-                 if "foreach" in name or name in (BASELINE, "foco (fused)")}
+    """name -> (constructor over a parameter list, the context its steps run in). On CPU "fused" is the C++
+    kernels and "compiled" the CUDA path's compiled step; on CUDA the fused step is the compiled one."""
+    plain = contextlib.nullcontext
+    table = {BASELINE: (lambda ps: create_optimizer("adamw", ps, fused=True), plain),
+             FOREACH_BASELINE: (lambda ps: create_optimizer("adamw", ps, foreach=True), plain)}
+    for name in ("foco", "focus", "signum", "lion"):
+        fused = "fused" if device == "cpu" else "compiled"
+        table[f"{name} ({fused})"] = (lambda ps, name=name: create_optimizer(name, ps, fused=True), plain)
+        if device == "cpu":
+            table[f"{name} (compiled)"] = (lambda ps, name=name: create_optimizer(name, ps),
+                                           lambda: dispatch.fused_implementation("cpu", "compiled"))
+        table[f"{name} (foreach)"] = (lambda ps, name=name: create_optimizer(name, ps, foreach=True), plain)
     return table
 
 
@@ -93,6 +93,11 @@ def stream_step(numel: int, device: str):
     return lambda: x.add_(y)
 
 
+def _step_in(optimizer: torch.optim.Optimizer, context) -> None:
+    with context():
+        optimizer.step()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="gpt2-small")
@@ -113,15 +118,15 @@ def main() -> None:
     for p in params:
         p.grad = 1e-3 * torch.randn(p.shape, generator=gen, device=args.device)
 
-    optimizers = {}
-    for name, make in candidates(args.device).items():
+    optimizers, steps = {}, {}
+    for name, (make, context) in candidates(args.device).items():
         if args.only and name != BASELINE and not any(s in name for s in args.only):
             continue
-        opt = make(params)
-        opt.step()  # creates the state; builds or compiles a fused kernel
+        optimizers[name] = opt = make(params)
+        steps[name] = lambda opt=opt, context=context: _step_in(opt, context)
+        steps[name]()  # creates the state; builds or compiles a fused step
         sync()
-        optimizers[name] = opt
-    steps = {name: opt.step for name, opt in optimizers.items()} | {STREAM: stream_step(numel, args.device)}
+    steps[STREAM] = stream_step(numel, args.device)
 
     times = {name: [] for name in steps}
     for _ in range(args.rounds):

@@ -132,7 +132,7 @@ def main() -> None:
     plain_optim = "torch fused AdamW" if cli.plain_optim == "adamw_fused" else cli.optim
     print(f"\noptimizer {cli.optim} (plain loop: {plain_optim}), {cli.threads} thread(s), median of {cli.repeats} alternating runs; tokens/s; "
           f"allocator tuning {'on' if tuned else f'off ({ENV_SWITCH}=0 or not glibc)'}, fused CPU optimizer "
-          f"kernels {'on' if cpu_kernels.kernels() is not None else 'off'}")
+          f"kernels {'off' if isinstance(cpu_kernels.load(), str) else 'on'}")
     print("| preset | batch x block | plain (wall) | run_pretrain (wall) | ratio | plain (CPU) | run_pretrain (CPU) "
           "| ratio | run_pretrain minor faults/step | run_pretrain sys s/step |")
     print("|---|---|---|---|---|---|---|---|---|---|")

@@ -146,13 +146,13 @@ CASES = [
     Case("beta_out_of_range", lambda c: c.main("--adam_beta2", "1.5"), EXIT,
          r"betas\[1\]=1\.5: it must be in \[0, 1\)\. Fix it with .*--adam_beta2"),
     Case("fop_under_fsdp", lambda c: c.main("--fsdp", "full_shard", recipe=FOP_RECIPE), EXIT,
-         r"--optim fop preconditions whole weight matrices .* but FSDP shards the weight matrices .* Train it with "
+         r"--optim fop works on whole weight matrices .* but FSDP shards the weight matrices .* Train it with "
          r"plain data parallelism"),
     Case("kfac_under_deepspeed", kfac_under_deepspeed, EXIT,
-         r"--optim kfac preconditions whole weight matrices .* but DeepSpeed hands the optimizer flattened parameter "
+         r"--optim kfac works on whole weight matrices .* but DeepSpeed hands the optimizer flattened parameter "
          r"shards\. Train it with plain data parallelism .* or choose an optimizer that supports sharding"),
     Case("kfac_under_fsdp_in_code", kfac_under_fsdp_in_code, ValueError,
-         r"KFAC preconditions whole weight matrices .* FSDP shards .* Train it with plain data parallelism"),
+         r"KFAC works on whole weight matrices .* FSDP shards .* Train it with plain data parallelism"),
     Case("fop_batch_of_one", lambda c: c.main("--per_device_train_batch_size", "1", recipe=FOP_RECIPE), EXIT,
          r"--optim fop splits every micro-batch into two halves, which a batch of 1 example cannot be: set "
          r"--per_device_train_batch_size to 2 or more"),

@@ -1,16 +1,18 @@
 """The command line as people expect it: plain-text help, the recipe first in run_pretrain's help, a missing
-recipe named as the error it is, and `hf-foco optimizers` in words."""
+recipe named as the error it is, `hf-foco optimizers` in words, and `hf-foco build-kernels`."""
 
 import os
 import re
 import runpy
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from helpers import REPO, SCRIPT
 
 from hf_foco import cli
+from hf_foco.optim import cpu_kernels
 
 RST = re.compile(r"``|:(class|func|meth|mod|attr|data):`")
 
@@ -35,7 +37,7 @@ def test_run_pretrain_help_opens_with_the_recipe_and_an_example(capsys, monkeypa
     assert exit_.value.code == 0
     text = capsys.readouterr().out
     assert text.startswith("usage: run_pretrain.py RECIPE.yaml [--key value ...]\n")
-    places = [text.index(s) for s in ("  RECIPE.yaml ", "recipes/gpt2-nano/{adamw,foco,focus,fop,kfac,lion,signum}.yaml",
+    places = [text.index(s) for s in ("  RECIPE.yaml ", "recipes/gpt2-nano/{adamw,foco,focus,fop,kfac,lion,muon,signum}.yaml",
                                       "example:\n  accelerate launch", "\noptions:\n", "--learning_rate")]
     assert places == sorted(places)
 
@@ -79,6 +81,30 @@ def test_the_old_dashed_option_spellings_still_work_with_a_note(tmp_path, capsys
         cli.main(["valley", "--help"])
     text = capsys.readouterr().out
     assert "--n_sigma" in text and "--output_dir" in text and "--n-sigma" not in text and "--out-dir" not in text
+
+
+@pytest.fixture
+def fresh_kernel_build():
+    """Forget this process's kernel build (before and after), so a test builds anew."""
+    cpu_kernels.build.cache_clear()
+    yield
+    cpu_kernels.build.cache_clear()
+
+
+def test_build_kernels_says_why_it_cannot(monkeypatch, tmp_path, capsys, fresh_kernel_build):
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setattr(cpu_kernels, "extension_name", lambda: "hf_foco_cpu_failing_build")
+    with pytest.warns(UserWarning, match="compiling the fused CPU optimizer kernels"):
+        assert cli.main(["build-kernels"]) == 1
+    assert "hf-foco build-kernels: no fused CPU kernels (the build failed" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_build_kernels_builds_them_ahead_of_time(capsys, fresh_kernel_build):
+    assert cli.main(["build-kernels"]) == 0
+    path = capsys.readouterr().out.strip().split(": ", 1)[1]
+    assert Path(path).is_file() and cpu_kernels.load().__file__ == path
 
 
 @pytest.mark.slow

@@ -23,6 +23,10 @@ What is equal, and why:
   depends on the row, not on the rank), and then match one process like the others. The sampled cases are
   only checked to train alike: losses within SAMPLED_TOLERANCE (0.05; measured 8e-3, while the loss falls by
   0.27).
+* Muon orthogonalises its update in bf16 (torch's Newton–Schulz iterations): gradients equal up to fp32
+  summation order can round to neighbouring bf16 values there, so an entry of its update (at most about 1.5
+  times lr·0.2·sqrt(128) for these matrices) may differ by a few bf16 ulps (2^-8 relative) per step.
+  MUON_TOLERANCE allows four of them at every step (measured: losses within 1.2e-5).
 """
 
 import contextlib
@@ -43,6 +47,7 @@ from hf_foco.trainer import FocoTrainer, FocoTrainingArguments
 
 TOLERANCE, SAMPLED_TOLERANCE = 1e-5, 0.05
 WORLD, PER_RANK, STEPS = 2, 4, 8
+MUON_TOLERANCE = STEPS * 4 * 2 ** -8 * 1.5 * 3e-3 * 0.2 * 128 ** 0.5
 KRONECKER = [s.name for s in list_optimizers() if s.needs_layer_hooks]
 # case -> (registry name, whether K-FAC labels are each position's most likely token instead of a sample).
 # Sampled labels are the one rank-local randomness: with them the ranks' averaged factors stay identical but
@@ -121,9 +126,10 @@ def test_loss_curve_matches_one_process_with_the_same_global_batch(runs, case):
     if case.endswith("_sampled"):
         assert ddp["losses"] == pytest.approx(alone["losses"], abs=SAMPLED_TOLERANCE)
         return
-    assert ddp["losses"] == pytest.approx(alone["losses"], abs=TOLERANCE, rel=0)
+    tolerance = MUON_TOLERANCE if case == "muon" else TOLERANCE
+    assert ddp["losses"] == pytest.approx(alone["losses"], abs=tolerance, rel=0)
     for name, value in alone["params"].items():
-        torch.testing.assert_close(ddp["params"][name], value, rtol=0, atol=TOLERANCE, msg=name)
+        torch.testing.assert_close(ddp["params"][name], value, rtol=0, atol=tolerance, msg=name)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """Elementwise optimizers on FSDP2-sharded DTensor parameters (2 gloo CPU processes), against a
-single-process run on the unsharded model, and their state through torch distributed checkpoint."""
+single-process run on the unsharded model, and their state through torch distributed checkpoint. Their
+default and foreach steps work on the local shards (no DTensor op in a step); ``foreach=False`` runs the
+single-tensor reference on the DTensors themselves."""
 
 from __future__ import annotations
 
@@ -20,14 +22,15 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from hf_foco.optim import create_optimizer
 
 WORLD, BEFORE, AFTER = 2, 3, 2
-# case -> (registry name, overrides). Default foreach is off for DTensors; foco's forced foreach path must
-# work on them too.
-ELEMENTWISE = {"foco": ("foco", {}), "foco_foreach": ("foco", {"foreach": True}), "focus": ("focus", {}),
-               "signum": ("signum", {}), "lion": ("lion", {})}
+# case -> (registry name, overrides): each optimizer's default step, and foco's other two paths.
+ELEMENTWISE = {"foco": ("foco", {}), "foco_foreach": ("foco", {"foreach": True}),
+               "foco_single": ("foco", {"foreach": False}), "focus": ("focus", {}), "signum": ("signum", {}),
+               "lion": ("lion", {})}
 KRONECKER = ("fop", "kfac")
 
 
@@ -49,15 +52,32 @@ def _batch(step: int):
     return torch.randn(8, 6, generator=gen), torch.randn(8, 5, generator=gen)
 
 
-def _train(model, optimizer, steps, rank=None) -> None:
-    """``rank`` None: the whole batch; else this rank's half (FSDP averages the two halves' gradients)."""
+class DTensorOps(TorchDispatchMode):
+    """Counts the operations called on DTensors (each costs a Python dispatch and sharding propagation)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += DTensor in types
+        return func(*args, **(kwargs or {}))
+
+
+def _train(model, optimizer, steps, rank=None, ops: DTensorOps | None = None) -> None:
+    """``rank`` None: the whole batch; else this rank's half (FSDP averages the two halves' gradients).
+    ``ops`` counts the DTensor operations of the optimizer steps after the first (which creates the state)."""
     for step in steps:
         x, y = _batch(step)
         if rank is not None:
             x, y = x.chunk(WORLD)[rank], y.chunk(WORLD)[rank]
         optimizer.zero_grad()
         (model(x) - y).square().mean().backward()
-        optimizer.step()
+        if ops is not None and step > 0:
+            with ops:
+                optimizer.step()
+        else:
+            optimizer.step()
 
 
 def _full(model) -> dict[str, torch.Tensor]:
@@ -77,7 +97,8 @@ def _check(case: str, mesh, checkpoint: str) -> dict:
     model = _sharded(mesh)
     optimizer = create_optimizer(name, model, lr=1e-2, **overrides)  # built AFTER fully_shard, as accelerate does
     _train(reference, reference_opt, range(BEFORE))
-    _train(model, optimizer, range(BEFORE), rank)
+    ops = DTensorOps()
+    _train(model, optimizer, range(BEFORE), rank, ops)
     dcp.save({"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)},
              checkpoint_id=checkpoint)
     _train(reference, reference_opt, range(BEFORE, BEFORE + AFTER))
@@ -100,6 +121,7 @@ def _check(case: str, mesh, checkpoint: str) -> dict:
         "state_types": sorted({type(v).__name__ for k, v in state.items() if k != "step"}),
         "state_dtypes": {k: (v.dtype, resumed_state[k].dtype) for k, v in state.items()},
         "steps": (state["step"].item(), resumed_state["step"].item()),
+        "dtensor_ops_per_step": ops.count / (BEFORE - 1),
     }
 
 
@@ -157,6 +179,10 @@ def test_sharded_training_matches_unsharded_and_resumes_from_dcp(results, name):
         assert r["resumed_vs_uninterrupted"] == 0.0
         assert r["steps"] == (BEFORE + AFTER, BEFORE + AFTER)
         assert all(saved == loaded for saved, loaded in r["state_dtypes"].values())
+        if name == "foco_single":  # the reference: DTensor ops on every parameter
+            assert r["dtensor_ops_per_step"] >= len(list(_model().parameters()))
+        else:  # the local shards alone
+            assert r["dtensor_ops_per_step"] == 0
     if name.startswith("foco"):
         assert results[0][name]["state_dtypes"]["exp_avg"][1] == torch.bfloat16
         assert results[0][name]["state_dtypes"]["pull"][1] == torch.float16

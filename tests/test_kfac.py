@@ -1,15 +1,17 @@
 """K-FAC curvature: factors against per-sample brute force, the true (sampled) Fisher, Conv1D layout."""
 
+import contextlib
 import copy
 
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import Classifier, kronecker_step, tiny_gpt2
+from helpers import Classifier, half_batch_difference, kronecker_step, tiny_gpt2, token_batches
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers.pytorch_utils import Conv1D
 
-from hf_foco.optim import FOP, KFAC, create_optimizer
+from hf_foco.optim import FOP, KFAC, create_optimizer, param_groups
 from hf_foco.optim.kfac import damped_inverses, find_layers, sample_fisher_factors
 
 
@@ -183,3 +185,83 @@ def test_bad_settings_fail_at_construction():
         create_optimizer("kfac", model, exclude=("*",))
     with pytest.raises(TypeError, match="pass the model"):
         create_optimizer("kfac", list(model.parameters()))
+
+
+# -- precision: K-FAC's arithmetic in full fp32 whatever TF32 says --------------------------------------
+
+MATMULS = {torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.bmm, torch.ops.aten.baddbmm, torch.ops.aten.mv,
+           torch.ops.aten.addmv}
+
+
+def _matmul_setting() -> tuple[str, str]:
+    """The fp32 matmul precision in force for cuBLAS and oneDNN ("ieee": full fp32). torch's global getter
+    cannot say it: it refuses to answer, or answers the global value, once per-backend values were set."""
+    return torch.backends.cuda.matmul.fp32_precision, torch.backends.mkldnn.matmul.fp32_precision
+
+
+class _MatmulSettings(TorchDispatchMode):
+    """Records the fp32 matmul setting in force at every matrix product."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket in MATMULS:
+            self.seen.append(_matmul_setting())
+        return func(*args, **(kwargs or {}))
+
+
+def _train_kronecker(cls, record: _MatmulSettings | None = None):
+    """Two steps of ``cls`` on the tiny GPT-2, the K-FAC arithmetic (curvature, step) inside ``record``;
+    returns the factors and parameters."""
+    model = tiny_gpt2()
+    optimizer = cls(param_groups(model, 0.1), model=model, lr=1e-2)
+    inside = record if record is not None else contextlib.nullcontext()
+    for batch in token_batches(2):
+        with inside:
+            optimizer.update_curvature(batch)
+        model.zero_grad()
+        model(**batch).loss.backward()
+        if cls is FOP:
+            optimizer.receive_half_batch_difference(half_batch_difference(model, optimizer.half_batch_params, batch))
+        with inside:
+            optimizer.step()
+    factors = [optimizer.state[layer.weight][k] for layer in optimizer.layers for k in ("A", "G", "A_inv", "G_inv")]
+    return factors + [p.detach() for p in model.parameters()]
+
+
+def _reset_matmul_settings():
+    """torch's start-up state: nothing set anywhere (full fp32), every backend inheriting the global value."""
+    for backend in (torch.backends.cuda.matmul, torch.backends.mkldnn.matmul, torch.backends):
+        backend.fp32_precision = "none"
+
+
+@pytest.fixture
+def fresh_matmul_settings():
+    _reset_matmul_settings()
+    yield
+    _reset_matmul_settings()
+
+
+@pytest.mark.parametrize("cls, request_tf32", [(KFAC, "high"), (KFAC, "medium"), (KFAC, "transformers"),
+                                               (FOP, "transformers")])
+def test_factors_and_updates_are_fp32_whatever_tf32_says(cls, request_tf32, fresh_matmul_settings):
+    """TF32 (or oneDNN bf16) asked for the way callers do (torch's global setting, or transformers' per-backend
+    one for --tf32, and bf16 with torch_compile, on torch >= 2.9): every matrix product of the curvature pass,
+    the factors, inverses and Kronecker products still runs at full fp32, the caller's setting is back after
+    each call, and factors and parameters equal those of a run with nothing requested."""
+    reference = _train_kronecker(cls)
+    if request_tf32 == "transformers":
+        torch.backends.fp32_precision = "tf32"
+    else:
+        torch.set_float32_matmul_precision(request_tf32)
+    requested = _matmul_setting()
+    record = _MatmulSettings()
+    got = _train_kronecker(cls, record)
+    assert record.seen and set(record.seen) == {("ieee", "ieee")}
+    assert _matmul_setting() == requested != ("ieee", "ieee")
+    if request_tf32 != "transformers":
+        assert torch.get_float32_matmul_precision() == request_tf32  # the caller's interface still answers
+    for a, b in zip(got, reference):
+        assert torch.equal(a, b)

@@ -6,6 +6,8 @@ import json
 
 import pytest
 import torch
+import yaml
+from helpers import REPO
 
 from hf_foco import cli
 from hf_foco.optim import (
@@ -23,6 +25,7 @@ from hf_foco.optim import (
     registry,
 )
 from hf_foco.optim.adamw import AdamW
+from hf_foco.optim.hyperparameters import hyperparameter_defaults, resolve_hyperparameters
 
 
 @pytest.fixture
@@ -138,3 +141,40 @@ def test_cli_lists_every_optimizer_with_defaults(capsys):
     assert rows["foco"]["state_bytes_per_param"] == 4
     assert rows["signum"]["defaults"]["momentum"] == 0.9
     assert set(rows) == {spec.name for spec in list_optimizers()}
+
+
+def test_every_record_says_where_its_defaults_come_from():
+    for spec in list_optimizers():
+        assert spec.defaults_from, spec.name
+        assert "recommend" not in f"{spec.defaults_from} {spec.description}".lower()
+
+
+GPT2_SMALL = sorted((REPO / "recipes" / "gpt2-small").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", GPT2_SMALL, ids=lambda p: p.stem)
+def test_the_gpt2_small_recipes_restate_the_registry_defaults(recipe):
+    """The registry's defaults are the GPT-2 small setting; the GPT-2 small recipes use exactly that (the nano
+    recipes hold what was measured at nano scale instead)."""
+    settings = yaml.safe_load(recipe.read_text())
+    spec = get_optimizer(settings["optim"])
+    kwargs = resolve_hyperparameters(
+        spec, learning_rate=settings["learning_rate"], weight_decay=settings.get("weight_decay"),
+        betas=(settings.get("adam_beta1", 0.9), settings.get("adam_beta2", 0.999)),
+        optim_args=settings.get("optim_args"), optim_kwargs=None)
+    assert {k: kwargs[k] for k in spec.defaults} == dict(spec.defaults)
+
+
+def test_a_subclass_passing_kwargs_on_is_read_with_its_parent():
+    """FOP adds two arguments to K-FAC's and passes the rest on: the registry reads one signature."""
+    fop, kfac = get_optimizer("fop"), get_optimizer("kfac")
+    assert fop.hyperparameter_names() == kfac.hyperparameter_names() | {"beta_max", "eta_max"}
+    defaults = hyperparameter_defaults(fop)
+    assert defaults["beta_max"] == 0.5 and defaults["factor_ema"] == 0.5 and defaults["lr"] == 6e-4
+    assert fop.takes_model and not get_optimizer("foco").takes_model
+
+    class Plain(torch.optim.SGD):
+        def __init__(self, params, *, nesterov_boost: float = 0.0, **kwargs):
+            super().__init__(params, **kwargs)
+
+    assert set(registry.init_parameters(Plain)) >= {"params", "nesterov_boost", "lr", "momentum"}

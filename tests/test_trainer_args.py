@@ -1,7 +1,6 @@
 """FocoTrainingArguments: --optim accepts registry and native names; hyperparameters map and fail early."""
 
 import contextlib
-import inspect
 import io
 
 import pytest
@@ -27,7 +26,7 @@ def test_every_registry_name_parses_with_its_registry_defaults(name):
     spec = get_optimizer(name)
     args = parse(["--optim", name])
     assert args.optim == name
-    signature = inspect.signature(spec.cls.__init__).parameters
+    signature = registry.init_parameters(spec.cls)
     # the fields the Trainer maps are always passed: the registry default, else the class default
     mapped = {k: signature[k].default for k in ("weight_decay", "betas") if k in signature}
     assert args.optimizer_kwargs() == {**mapped, **spec.defaults}
@@ -104,7 +103,7 @@ def test_command_line_rejects_unknown_names_with_the_closest_one_and_where_all_a
         parse(["--optim", "fooco"])
     message = " ".join(err.getvalue().split())
     assert "argument --optim: invalid choice: 'fooco'. Did you mean 'foco'? Choose one of hf_foco's optimizers " \
-           "(adamw, foco, focus, fop, kfac, lion, signum; `hf-foco optimizers` describes them) or of " \
+           "(adamw, foco, focus, fop, kfac, lion, muon, signum; `hf-foco optimizers` describes them) or of " \
            "transformers' (adamw_torch, adamw_torch_fused," in message
     with contextlib.redirect_stderr(io.StringIO()), pytest.raises(SystemExit):
         parse(["--optim", "adamw_troch"])  # a native name's typo too

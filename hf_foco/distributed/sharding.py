@@ -1,6 +1,6 @@
 """Is the model sharded (FSDP) or flattened (DeepSpeed)? And the one message that refuses it.
 
-Optimizers that act on whole weight matrices (K-FAC, FOP) cannot work on FSDP's DTensor shards or on
+Optimizers that act on whole weight matrices (K-FAC, FOP, Muon) cannot work on FSDP's DTensor shards or on
 DeepSpeed's flat parameter shards; the training arguments refuse such a launch before anything is built,
 and the optimizer refuses a sharded model at construction, both with :func:`sharding_refusal`.
 """
@@ -32,7 +32,8 @@ def sharding_in_use(model: nn.Module | None = None) -> str | None:
 
 def sharding_refusal(who: str, backend: str) -> ValueError:
     """The error for optimizer ``who`` under ``backend`` ("FSDP" or "DeepSpeed"), naming the fix."""
-    return ValueError(f"{who} preconditions whole weight matrices with Kronecker factors, but {_REASONS[backend]}. "
+    return ValueError(f"{who} works on whole weight matrices (Kronecker factors, orthogonalisation), but "
+                      f"{_REASONS[backend]}. "
                       "Train it with plain data parallelism (accelerate launch --multi_gpu, without --fsdp/--deepspeed "
                       "or an FSDP/DeepSpeed accelerate config), or choose an optimizer that supports sharding, such as "
                       "foco or adamw.")

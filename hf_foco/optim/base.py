@@ -1,102 +1,19 @@
-"""The shared skeleton of hf_foco's elementwise optimizers.
-
-Subclasses declare their state tensors and hand the gathered lists to a public functional update rule, the way
-``torch.optim.AdamW`` hands them to ``adamw()``: the class only collects parameters and creates state
-lazily; the function picks a single-tensor, multi-tensor (``torch._foreach_*``) or fused implementation.
+"""What hf_foco's optimizers share. For the elementwise ones' implementations: the parameter dtypes they keep
+exactly, grouping of tensor lists, fp32 views of low-precision parameters, the reused scratch of the chunked
+multi-tensor steps. For the matrix optimizers that train the other parameters with AdamW (K-FAC, FOP, Muon):
+:func:`split_groups` and :func:`adamw_step`. For all: :func:`closure_loss`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 import torch
-from torch.optim import Optimizer
-
-from .state import check_state_kind
+from torch.optim.adamw import adamw
 
 # Parameter dtypes the steps keep exactly (they compute in fp32 and write back once).
 PARAM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-
-
-class ElementwiseOptimizer(Optimizer):
-    """Base for optimizers whose update is elementwise (FOCUS, foco, Signum, Lion).
-
-    Subclasses set ``state_names`` (the per-parameter tensors besides ``step``; fp32 unless ``state_dtype``
-    says otherwise) and implement ``_apply(group, params, grads, states, steps)``, which calls the rule.
-    Because the update is elementwise it works unchanged on FSDP2's sharded DTensor parameters and on
-    DeepSpeed's flat shards.
-    """
-
-    state_names: tuple[str, ...] = ()
-
-    def add_param_group(self, param_group: dict) -> None:
-        """Refuse parameters of a dtype the steps do not keep exactly (float64 would be rounded to fp32 by
-        every step, the fp32 state could not hold it either)."""
-        super().add_param_group(param_group)
-        for p in self.param_groups[-1]["params"]:
-            if p.dtype not in PARAM_DTYPES:
-                raise ValueError(f"{type(self).__name__}: {p.dtype} parameters are not supported (the step computes "
-                                 "in float32 and would round them every step); use float32, bfloat16 or float16 "
-                                 "parameters, e.g. model.float().")
-
-    def state_dtype(self, name: str, p: torch.Tensor) -> torch.dtype:
-        """dtype of state tensor ``name`` for parameter ``p``: fp32 unless a subclass says otherwise."""
-        return torch.float32
-
-    def _init_state(self, p: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {name: torch.zeros_like(p, dtype=self.state_dtype(name, p), memory_format=torch.preserve_format)
-                for name in self.state_names}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        """torch casts loaded floating-point state to the parameter's dtype; restore the declared
-        dtypes so a resumed run continues with exactly the state it saved. The state of another optimizer
-        (other hyperparameter names or state tensors) is refused: torch would load it and step on it."""
-        self._check_same_kind(state_dict)
-        super().load_state_dict(state_dict)
-        for p, state in self.state.items():
-            for name in self.state_names:
-                if name in state:
-                    state[name] = state[name].to(self.state_dtype(name, p))
-
-    def _check_same_kind(self, state_dict: dict) -> None:
-        check_state_kind(self, state_dict, self.state_names, self.state_names)
-
-    def _apply(self, group: dict, params, grads, states: dict[str, list], steps: list) -> None:
-        raise NotImplementedError
-
-    def _gather(self, group: dict):
-        params, grads, steps = [], [], []
-        states: dict[str, list] = {name: [] for name in self.state_names}
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            if p.grad.is_sparse:
-                raise RuntimeError(
-                    f"{type(self).__name__} does not support sparse gradients; use a dense embedding "
-                    "(nn.Embedding(sparse=False)) or torch.optim.SparseAdam for that parameter."
-                )
-            state = self.state[p]
-            if not state:
-                # Lazy creation: FSDP2 swaps parameters for sharded DTensors after construction.
-                state["step"] = torch.tensor(0.0, dtype=torch.float32)
-                state.update(self._init_state(p))
-            params.append(p)
-            grads.append(p.grad)
-            steps.append(state["step"])
-            for name in self.state_names:
-                states[name].append(state[name])
-        return params, grads, states, steps
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None):
-        """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""
-        loss = closure_loss(closure)
-        for group in self.param_groups:
-            params, grads, states, steps = self._gather(group)
-            if params:
-                self._apply(group, params, grads, states, steps)
-        return loss
 
 
 def closure_loss(closure: Callable[[], float] | None):
@@ -107,23 +24,62 @@ def closure_loss(closure: Callable[[], float] | None):
         return closure()
 
 
-def _device_and_dtype(row: tuple[torch.Tensor, ...]) -> tuple:
-    return row[0].device, row[0].dtype
+def split_groups(params: Iterable, chosen: set[int], settings: Callable[[bool, dict], dict]) -> list[dict]:
+    """Parameter groups split in two: each incoming group (or the one group of a plain parameter list) gives
+    a group of its parameters whose ``id`` is in ``chosen`` and one of the others (either left out when
+    empty), each updated with ``settings(is_chosen, incoming_group)``; ``param_names`` follow their
+    parameters."""
+    groups = [{**item, "params": list(item["params"])} if isinstance(item, dict) else item for item in params]
+    if groups and not isinstance(groups[0], dict):
+        groups = [{"params": groups}]
+    out = []
+    for group in groups:
+        names = group.get("param_names")
+        for is_chosen in (True, False):
+            keep = [i for i, p in enumerate(group["params"]) if (id(p) in chosen) == is_chosen]
+            if keep:
+                new = {**group, "params": [group["params"][i] for i in keep], **settings(is_chosen, group)}
+                if names is not None:
+                    new["param_names"] = [names[i] for i in keep]
+                out.append(new)
+    return out
 
 
-def group_by_device_and_dtype(tensorlists: list[list[torch.Tensor]], key=_device_and_dtype):
-    """Yield the sublists of ``tensorlists`` whose rows share ``key`` (by default the parameter's
-    device and dtype, the parameter being the first list).
+def adamw_step(group: dict, state: dict) -> None:
+    """torch's AdamW step (its functional form, as ``torch.optim.AdamW`` calls it) on the parameters of
+    ``group`` that have a gradient, with their state created lazily in ``state`` (the optimizer's)."""
+    params = [p for p in group["params"] if p.grad is not None]
+    for p in params:
+        if not state[p]:
+            state[p]["step"] = torch.tensor(0.0)
+            state[p]["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state[p]["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    if not params:
+        return
+    states = [state[p] for p in params]
+    beta1, beta2 = group["betas"]
+    adamw(params, [p.grad for p in params], [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [],
+          [s["step"] for s in states], amsgrad=False, beta1=beta1, beta2=beta2, lr=group["lr"],
+          weight_decay=group["weight_decay"], eps=group["eps"], maximize=False)
+
+
+def group_rows(tensorlists: list[list[torch.Tensor]], keys: list) -> dict:
+    """key -> the sublists of ``tensorlists`` whose rows have that key (``keys[i]`` is row i's), in order."""
+    groups: dict = {}
+    for row, key in zip(zip(*tensorlists), keys):
+        columns = groups.setdefault(key, [[] for _ in tensorlists])
+        for column, tensor in zip(columns, row):
+            column.append(tensor)
+    return groups
+
+
+def group_by_device_and_dtype(tensorlists: list[list[torch.Tensor]]):
+    """The sublists of ``tensorlists`` whose rows share the parameter's (the first list's) device and dtype.
 
     ``torch._foreach_*`` kernels take their fast path on lists of one device and dtype. Unlike torch's
     private helper, states may have their own dtypes (foco keeps bf16/fp16 states next to fp32 weights).
     """
-    groups: dict[tuple, list[list[torch.Tensor]]] = {}
-    for row in zip(*tensorlists):
-        columns = groups.setdefault(key(row), [[] for _ in tensorlists])
-        for column, tensor in zip(columns, row):
-            column.append(tensor)
-    yield from groups.values()
+    return group_rows(tensorlists, [(p.device, p.dtype) for p in tensorlists[0]]).values()
 
 
 def default_foreach(params: list[torch.Tensor]) -> bool:
@@ -151,10 +107,24 @@ def fp32_params(params: list[torch.Tensor]) -> Iterator[list[torch.Tensor]]:
             p.copy_(t)
 
 
-def step_key(row: tuple[torch.Tensor, ...]) -> tuple:
-    """Grouping key (device, dtype, step) for rows whose last column is the step counter: a multi-tensor
-    step then sees one step count per group, so bias corrections are plain scalars."""
-    return row[0].device, row[0].dtype, row[-1].item()
+def step_counts(steps: list[torch.Tensor]) -> list[float]:
+    """The values of 0-d step counters, read with one transfer per device (a step counter on a GPU costs a
+    synchronisation to read)."""
+    counts: list[float] = [0.0] * len(steps)
+    for device in {s.device for s in steps}:
+        rows = [i for i, s in enumerate(steps) if s.device == device]
+        for i, value in zip(rows, torch.stack([steps[i] for i in rows]).tolist()):
+            counts[i] = value
+    return counts
+
+
+def group_by_step(tensorlists: list[list[torch.Tensor]]):
+    """Yield ``(columns, step)`` for each group of rows sharing device, parameter dtype and step count, the
+    step counters being the last list: a multi-tensor step then sees one step count per group, so its bias
+    corrections are plain scalars."""
+    keys = [(p.device, p.dtype, count) for p, count in zip(tensorlists[0], step_counts(tensorlists[-1]))]
+    for (_, _, count), columns in group_rows(tensorlists, keys).items():
+        yield columns, count
 
 
 # Elements per scratch buffer of a chunked multi-tensor step (16 MB each in fp32), reused chunk after chunk.
@@ -170,9 +140,7 @@ def scratch_chunks(rows: list[tuple[torch.Tensor, ...]], n_scratch: int):
     costs more in page faults than the elementwise arithmetic on it (an out-of-place ``x.sign()`` of a large
     tensor is many times slower than the in-place ``x.sign_()``), so a multi-tensor step runs fastest
     entirely in place, in reused scratch.
-    FSDP2 DTensors are walked through their local shards (the update is elementwise).
     """
-    rows = [[t.to_local() if hasattr(t, "to_local") else t for t in row] for row in rows]
     if not all(t.is_contiguous() for row in rows for t in row):
         raise ValueError("foreach=True needs contiguous parameters and gradients (e.g. not channels_last); leave "
                          "foreach unset to use the per-tensor step for them.")

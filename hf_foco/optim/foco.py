@@ -20,100 +20,38 @@ state per parameter instead of 8:
   every b2 <= 0.999, so round-to-nearest never freezes the EMA (bf16's 2**-8 would for b2 = 0.999). e is
   rounded once per step, from fp32.
 
-Implementations of the same rule, chosen by :func:`foco` (the functional form): the single-tensor reference;
-a multi-tensor (``torch._foreach_*``) step grouped by device and dtype, working in place in fp32 scratch
-buffers of bounded size (so it allocates no per-parameter temporaries); and fused steps that read theta, g,
-m, e once and write theta, m, e once (20 bytes per fp32 parameter): on CPU the compiled multi-tensor kernel of
-:mod:`~hf_foco.optim.cpu_kernels` (equal to the multi-tensor step bit for bit), on CUDA ``torch.compile`` of
-one elementwise expression (compiled once with dynamic shapes; fp32 throughout, so it skips two 16-bit
-roundings of the reference). A fused step is the default wherever one is available.
+Implementations of the same rule, chosen by :func:`foco` (the functional form; :mod:`~hf_foco.optim.dispatch`
+says which runs where): the single-tensor reference; a multi-tensor (``torch._foreach_*``) step grouped by
+device and dtype, working in place in fp32 scratch buffers of bounded size (so it allocates no per-parameter
+temporaries); and fused steps that read theta, g, m, e once and write theta, m, e once (20 bytes per fp32
+parameter): on CPU the C++ kernel of :mod:`~hf_foco.optim.cpu_kernels` (equal to the multi-tensor step bit for
+bit), on CUDA the multi-tensor expression :func:`_compiled_foco` compiled by ``torch.compile`` (one call per
+optimizer step; it computes k_t on the device and rounds the same quantities, up to the order of fp32
+operations).
 """
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 
-from . import cpu_kernels
-from .base import (
-    ElementwiseOptimizer,
-    as_fp32,
-    default_foreach,
-    fp32_params,
-    group_by_device_and_dtype,
-    scratch_chunks,
-    step_key,
-)
+from .base import as_fp32, fp32_params, group_by_step, scratch_chunks
+from .dispatch import ElementwiseRule, lerp, log_beta, widen
+from .elementwise import ElementwiseOptimizer
 from .validation import check_betas, check_fused_or_foreach, check_lr, check_unit_interval, check_weight_decay
-
-# Inductor notes that the fused kernel mixes the bf16 momentum and the fp16 pull; that is by design.
-warnings.filterwarnings("ignore", message="bf16 and fp16 are mixed in the scheduler node")
 
 MOMENTUM_DTYPE = torch.bfloat16
 PULL_DTYPE = torch.float16
-
-
-class FOCUS16bit(ElementwiseOptimizer):
-    """FOCUS in 4 bytes of optimizer state per parameter (registry name ``foco``).
-
-    Args:
-        params, lr, betas, gamma, weight_decay: as :class:`~hf_foco.optim.FOCUS` (official decay order).
-        foreach: multi-tensor implementation (default on for plain tensors when no fused step applies).
-        fused: fused step (default on when available: CPU kernels, or ``torch.compile`` on CUDA).
-
-    The rule as a function of tensor lists: :func:`foco`.
-    """
-
-    state_names = ("exp_avg", "pull")
-
-    def __init__(self, params, lr: float = 0.01, betas=(0.9, 0.999), gamma: float = 0.1,
-                 weight_decay: float = 0.0, foreach: bool | None = None, fused: bool | None = None):
-        check_lr(lr)
-        check_betas(betas)
-        check_unit_interval("gamma", gamma)
-        check_weight_decay(weight_decay)
-        check_fused_or_foreach("foco", fused, foreach)
-        defaults = dict(lr=lr, betas=tuple(betas), gamma=gamma, weight_decay=weight_decay,
-                        foreach=foreach, fused=fused)
-        super().__init__(params, defaults)
-
-    def state_dtype(self, name, p):
-        return MOMENTUM_DTYPE if name == "exp_avg" else PULL_DTYPE
-
-    def _apply(self, group, params, grads, states, steps):
-        beta1, beta2 = group["betas"]
-        foco(params, grads, states["exp_avg"], states["pull"], steps, foreach=group["foreach"], fused=group["fused"],
-             lr=group["lr"], beta1=beta1, beta2=beta2, gamma=group["gamma"], weight_decay=group["weight_decay"])
 
 
 def foco(params, grads, exp_avgs, pulls, steps, *, foreach: bool | None = None, fused: bool | None = None, lr: float,
          beta1: float, beta2: float, gamma: float, weight_decay: float) -> None:
     """The foco step on lists of tensors (``exp_avgs`` in bf16, ``pulls`` in fp16, ``steps`` 0-d counters).
 
-    Like ``torch.optim.adamw.adamw`` it picks the implementation: ``fused`` (default on for plain contiguous
-    CUDA tensors, and for CPU tensors when the CPU kernels are available), else ``foreach`` (default on for
-    plain contiguous tensors), else one tensor at a time (``fused`` wins when both are set). A fused CPU step
-    hands the rows its kernel does not take (non-contiguous, DTensor shards) to the other paths. All compute
-    the same rule (module docstring).
+    Like ``torch.optim.adamw.adamw`` it picks the implementation from ``foreach`` and ``fused``
+    (:mod:`~hf_foco.optim.dispatch`); all compute the same rule (module docstring).
     """
-    hyper = dict(lr=lr, beta1=beta1, beta2=beta2, gamma=gamma, weight_decay=weight_decay)
-    if fused is None:
-        fused = not foreach and (cpu_kernels.default_fused(params) or all(p.is_cuda for p in params)
-                                 and default_foreach(params))
-    if fused and all(p.is_cuda for p in params):
-        return _compiled_foco(params, grads, exp_avgs, pulls, steps, **hyper)
-    if fused:
-        rows, others = cpu_kernels.split_rows([params, grads, exp_avgs, pulls, steps], (MOMENTUM_DTYPE, PULL_DTYPE))
-        for (p, g, m, e), step in cpu_kernels.by_step(rows):
-            cpu_kernels.kernels().foco_step(p, g, m, e, _ema_keep(beta2, step), lr, beta1, gamma, weight_decay)
-        params, grads, exp_avgs, pulls, steps = others
-        if not params:
-            return
-    if foreach is None:
-        foreach = default_foreach(params)
-    fn = _multi_tensor_foco if foreach else _single_tensor_foco
-    fn(params, grads, exp_avgs, pulls, steps, **hyper)
+    FOCO.step([params, grads, exp_avgs, pulls, steps], dict(lr=lr, beta1=beta1, beta2=beta2, gamma=gamma,
+              weight_decay=weight_decay), foreach=foreach, fused=fused)
 
 
 def _ema_keep(beta2: float, step: float) -> float:
@@ -141,9 +79,8 @@ def _multi_tensor_foco(params, grads, exp_avgs, pulls, steps, *, lr, beta1, beta
     (:func:`~hf_foco.optim.base.scratch_chunks`): the 16-bit states are widened once and rounded back once
     (a mixed-dtype foreach op would convert on every call) and no full-size temporary is allocated."""
     torch._foreach_add_(steps, 1)
-    for p_list, g_list, m_list, e_list, step_list in group_by_device_and_dtype(
-            [params, grads, exp_avgs, pulls, steps], key=step_key):
-        keep = _ema_keep(beta2, step_list[0].item())
+    for (p_list, g_list, m_list, e_list, _), step in group_by_step([params, grads, exp_avgs, pulls, steps]):
+        keep = _ema_keep(beta2, step)
         with fp32_params(p_list) as theta:
             rows = list(zip(theta, as_fp32(g_list), m_list, e_list))
             for (theta_c, g_c, m_c, e_c), (m32, update, theta_hat) in scratch_chunks(rows, 3):
@@ -164,32 +101,65 @@ def _multi_tensor_foco(params, grads, exp_avgs, pulls, steps, *, lr, beta1, beta
                 torch._foreach_copy_(e_c, theta_hat)
 
 
-def _foco_kernel(p, g, m, e, hyper):
-    """One parameter's whole step as one elementwise expression, for torch.compile to fuse."""
-    keep, lr, one_minus_beta1, gamma, weight_decay = hyper.unbind()
-    m32 = torch.lerp(m.float(), g.float(), one_minus_beta1)
-    e32 = e.float()
-    theta = p.float()
-    theta_hat = theta + keep * e32
-    new_theta = theta - lr * (torch.sign(m32) - gamma * torch.sign(e32) + weight_decay * theta_hat)
-    p.copy_(new_theta)
-    m.copy_(m32)
-    e.copy_(theta_hat - new_theta)
+def _foco_kernel(module, columns, step, *, lr, beta1, beta2, gamma, weight_decay):
+    module.foco_step(*columns, _ema_keep(beta2, step), lr, beta1, gamma, weight_decay)
 
 
-_compiled_kernel = None
+def _compiled_foco(params, grads, exp_avgs, pulls, steps, hyper):
+    """The whole step as one multi-tensor expression, traced by ``torch.compile`` (hyperparameters and step
+    counters on the device: see :func:`_foco_hyper`)."""
+    lr, one_minus_beta1, log_beta2, one_minus_beta2, gamma, weight_decay = hyper.unbind()
+    torch._foreach_add_(steps, 1)
+    keep = [1 - one_minus_beta2 / (1 - power) for power in torch._foreach_exp(torch._foreach_mul(steps, log_beta2))]
+    theta, pull = widen(params), widen(pulls)
+    momentum = lerp(widen(exp_avgs), widen(grads), one_minus_beta1)
+    theta_hat = torch._foreach_add(theta, torch._foreach_mul(pull, keep))
+    update = torch._foreach_add(torch._foreach_mul(torch._foreach_sign(pull), -gamma), torch._foreach_sign(momentum))
+    update = torch._foreach_add(update, torch._foreach_mul(theta_hat, weight_decay))
+    new_theta = torch._foreach_sub(theta, torch._foreach_mul(update, lr))
+    torch._foreach_copy_(exp_avgs, momentum)
+    torch._foreach_copy_(pulls, torch._foreach_sub(theta_hat, new_theta))
+    torch._foreach_copy_(params, new_theta)
 
 
-def _compiled_foco(params, grads, exp_avgs, pulls, steps, *, lr, beta1, beta2, gamma, weight_decay):
-    global _compiled_kernel
-    if _compiled_kernel is None:
-        _compiled_kernel = torch.compile(_foco_kernel, dynamic=True, fullgraph=True)
-    hypers = {}
-    for p, g, m, e, step in zip(params, grads, exp_avgs, pulls, steps):
-        step += 1
-        key = (p.device, step.item())
-        if key not in hypers:
-            hypers[key] = torch.tensor([_ema_keep(beta2, key[1]), lr, 1 - beta1, gamma, weight_decay],
-                                       dtype=torch.float32, device=p.device)
-        # Flat views: one compiled kernel then serves every parameter shape (no recompiles per rank).
-        _compiled_kernel(p.view(-1), g.view(-1), m.view(-1), e.view(-1), hypers[key])
+def _foco_hyper(*, lr, beta1, beta2, gamma, weight_decay):
+    """The compiled step's hyperparameters, each computed in double here as the reference computes it."""
+    return lr, 1 - beta1, log_beta(beta2), 1 - beta2, gamma, weight_decay
+
+
+FOCO = ElementwiseRule("foco", (MOMENTUM_DTYPE, PULL_DTYPE), _single_tensor_foco, _multi_tensor_foco, _foco_kernel,
+                       _compiled_foco, _foco_hyper)
+
+
+class FOCUS16bit(ElementwiseOptimizer):
+    """FOCUS in 4 bytes of optimizer state per parameter (registry name ``foco``).
+
+    Args:
+        params, lr, betas, gamma, weight_decay: as :class:`~hf_foco.optim.FOCUS` (official decay order).
+        foreach, fused: the implementation, with torch's meanings (:mod:`~hf_foco.optim.dispatch`): ``False``
+            the single-tensor reference, ``foreach=True`` multi-tensor, ``fused=True`` the fused step (an error
+            where there is none), unset the fastest available (fused: the CPU kernels, ``torch.compile`` on CUDA).
+
+    The rule as a function of tensor lists: :func:`foco`.
+    """
+
+    rule = FOCO
+    state_names = ("exp_avg", "pull")
+
+    def __init__(self, params, lr: float = 0.01, betas=(0.9, 0.999), gamma: float = 0.1,
+                 weight_decay: float = 0.0, foreach: bool | None = None, fused: bool | None = None):
+        check_lr(lr)
+        check_betas(betas)
+        check_unit_interval("gamma", gamma)
+        check_weight_decay(weight_decay)
+        check_fused_or_foreach("foco", fused, foreach)
+        defaults = dict(lr=lr, betas=tuple(betas), gamma=gamma, weight_decay=weight_decay,
+                        foreach=foreach, fused=fused)
+        super().__init__(params, defaults)
+
+    def state_dtype(self, name, p):
+        return MOMENTUM_DTYPE if name == "exp_avg" else PULL_DTYPE
+
+    def rule_hyperparameters(self, group):
+        beta1, beta2 = group["betas"]
+        return dict(lr=group["lr"], beta1=beta1, beta2=beta2, gamma=group["gamma"], weight_decay=group["weight_decay"])

@@ -11,22 +11,20 @@ sign step first, decay second, attraction on the pre-decay theta. ``decay_order=
 decay first, attraction measured on the decayed theta. State is kept in fp32 whatever the parameter dtype:
 theta - ph is of the order of lr and a bf16 EMA of theta cannot resolve it (see ``foco``, :class:`~hf_foco.optim.FOCUS16bit`,
 for the memory-efficient way).
+
+Implementations of the same rule, chosen by :func:`focus` (:mod:`~hf_foco.optim.dispatch`): the single-tensor
+reference, the chunked multi-tensor step (equal to it bit for bit), the fused C++ CPU kernel (equal bit for bit)
+and, on CUDA, the multi-tensor expression :func:`_compiled_focus` compiled by ``torch.compile`` (one call per
+optimizer step; the bias correction computed on the device).
 """
 
 from __future__ import annotations
 
 import torch
 
-from . import cpu_kernels
-from .base import (
-    ElementwiseOptimizer,
-    as_fp32,
-    default_foreach,
-    fp32_params,
-    group_by_device_and_dtype,
-    scratch_chunks,
-    step_key,
-)
+from .base import as_fp32, fp32_params, group_by_step, scratch_chunks
+from .dispatch import ElementwiseRule, lerp, log_beta, widen
+from .elementwise import ElementwiseOptimizer
 from .validation import (
     check_betas,
     check_choice,
@@ -39,65 +37,14 @@ from .validation import (
 DECAY_ORDERS = ("official", "paper")
 
 
-class FOCUS(ElementwiseOptimizer):
-    """FOCUS with the official code's update order by default.
-
-    Args:
-        params: parameters or parameter groups.
-        lr: step size; every coordinate moves by ``lr*(1 +- gamma)`` per step plus decay.
-        betas: (b1, b2) for the gradient EMA and the parameter EMA.
-        gamma: attraction strength in [0, 1); 0 gives Signum exactly.
-        weight_decay: decoupled decay toward 0, proportional to the parameter EMA.
-        decay_order: "official" (authors' code) or "paper" (Algorithm 1).
-        foreach: multi-tensor implementation; default on for plain tensors when no fused step applies.
-        fused: the fused CPU kernel (:mod:`~hf_foco.optim.cpu_kernels`, bit-identical to the multi-tensor
-            step); default on for CPU parameters when it is available.
-    """
-
-    state_names = ("exp_avg", "param_avg")
-
-    def __init__(self, params, lr: float = 0.01, betas=(0.9, 0.999), gamma: float = 0.1,
-                 weight_decay: float = 0.0, decay_order: str = "official", foreach: bool | None = None,
-                 fused: bool | None = None):
-        check_lr(lr)
-        check_betas(betas)
-        check_unit_interval("gamma", gamma)
-        check_weight_decay(weight_decay)
-        check_choice("decay_order", decay_order, DECAY_ORDERS)
-        check_fused_or_foreach("FOCUS", fused, foreach)
-        defaults = dict(lr=lr, betas=tuple(betas), gamma=gamma, weight_decay=weight_decay,
-                        decay_order=decay_order, foreach=foreach, fused=fused)
-        super().__init__(params, defaults)
-
-    def _apply(self, group, params, grads, states, steps):
-        beta1, beta2 = group["betas"]
-        focus(params, grads, states["exp_avg"], states["param_avg"], steps, foreach=group["foreach"],
-              fused=group.get("fused"), lr=group["lr"], beta1=beta1, beta2=beta2, gamma=group["gamma"], weight_decay=group["weight_decay"],
-              decay_order=group["decay_order"])
-
-
 def focus(params, grads, exp_avgs, param_avgs, steps, *, foreach: bool | None = None, fused: bool | None = None,
           lr: float, beta1: float, beta2: float, gamma: float, weight_decay: float,
           decay_order: str = "official") -> None:
-    """The FOCUS step on lists of tensors (fp32 states, 0-d step counters). ``fused`` (default on for CPU
-    tensors when the CPU kernels are available) runs the rows the kernel takes; the others, or all, go to the
-    multi-tensor implementation (``foreach``, default on for plain contiguous tensors, as in
-    ``torch.optim.adamw.adamw``) or one tensor at a time."""
-    hyper = dict(lr=lr, beta1=beta1, beta2=beta2, gamma=gamma, weight_decay=weight_decay, decay_order=decay_order)
-    if fused is None:
-        fused = not foreach and cpu_kernels.default_fused(params)
-    if fused:
-        rows, others = cpu_kernels.split_rows([params, grads, exp_avgs, param_avgs, steps], (torch.float32,) * 2)
-        for (p, g, m, pbar), step in cpu_kernels.by_step(rows):
-            cpu_kernels.kernels().focus_step(p, g, m, pbar, 1 - beta2 ** step, lr, beta1, beta2, gamma, weight_decay,
-                                             decay_order == "paper")
-        params, grads, exp_avgs, param_avgs, steps = others
-        if not params:
-            return
-    if foreach is None:
-        foreach = default_foreach(params)
-    fn = _multi_tensor_focus if foreach else _single_tensor_focus
-    fn(params, grads, exp_avgs, param_avgs, steps, **hyper)
+    """The FOCUS step on lists of tensors (fp32 states, 0-d step counters); ``foreach`` and ``fused`` as in
+    :func:`~hf_foco.optim.foco.foco`."""
+    FOCUS_RULE.step([params, grads, exp_avgs, param_avgs, steps], dict(
+        lr=lr, beta1=beta1, beta2=beta2, gamma=gamma, weight_decay=weight_decay, decay_order=decay_order),
+        foreach=foreach, fused=fused)
 
 
 def _single_tensor_focus(params, grads, exp_avgs, param_avgs, steps, *, lr, beta1, beta2, gamma,
@@ -124,9 +71,8 @@ def _multi_tensor_focus(params, grads, exp_avgs, param_avgs, steps, *, lr, beta1
     """The single-tensor arithmetic, op for op, on lists; the temporaries (theta_hat, the attraction sign,
     the momentum sign) live in reused fp32 scratch (:func:`~hf_foco.optim.base.scratch_chunks`)."""
     torch._foreach_add_(steps, 1)
-    for p_list, g_list, m_list, pbar_list, step_list in group_by_device_and_dtype(
-            [params, grads, exp_avgs, param_avgs, steps], key=step_key):
-        correction = 1 - beta2 ** step_list[0].item()
+    for (p_list, g_list, m_list, pbar_list, _), step in group_by_step([params, grads, exp_avgs, param_avgs, steps]):
+        correction = 1 - beta2 ** step
         torch._foreach_lerp_(m_list, as_fp32(g_list), 1 - beta1)
         with fp32_params(p_list) as theta:
             rows = list(zip(theta, m_list, pbar_list))
@@ -147,3 +93,75 @@ def _multi_tensor_focus(params, grads, exp_avgs, param_avgs, steps, *, lr, beta1
                 torch._foreach_add_(theta_c, update, alpha=-lr)
                 if weight_decay and decay_order == "official":
                     torch._foreach_add_(theta_c, phat, alpha=-lr * weight_decay)
+
+
+def _focus_kernel(module, columns, step, *, lr, beta1, beta2, gamma, weight_decay, decay_order):
+    module.focus_step(*columns, 1 - beta2 ** step, lr, beta1, beta2, gamma, weight_decay, decay_order == "paper")
+
+
+def _compiled_focus(params, grads, exp_avgs, param_avgs, steps, hyper, decay_order):
+    """The whole step as one multi-tensor expression, traced by ``torch.compile``. The bias correction
+    1 - b2**t is computed on the device, and at t = 1 it is exactly 1 - b2, as in the reference, so that
+    theta*correction - pbar is exactly 0 there (no attraction on the first step)."""
+    lr, one_minus_beta1, one_minus_beta2, log_beta2, gamma, lr_decay = hyper.unbind()
+    torch._foreach_add_(steps, 1)
+    powers = torch._foreach_exp(torch._foreach_mul(steps, log_beta2))
+    correction = [torch.where(step == 1, one_minus_beta2, 1 - power) for step, power in zip(steps, powers)]
+    theta = widen(params)
+    momentum = lerp(exp_avgs, widen(grads), one_minus_beta1)
+    pbar = lerp(param_avgs, theta, one_minus_beta2)
+    phat = torch._foreach_div(pbar, correction)
+    if decay_order == "paper":
+        theta = torch._foreach_sub(theta, torch._foreach_mul(phat, lr_decay))
+    attraction = torch._foreach_sign(torch._foreach_sub(torch._foreach_mul(theta, correction), pbar))
+    update = torch._foreach_add(torch._foreach_mul(attraction, gamma), torch._foreach_sign(momentum))
+    theta = torch._foreach_sub(theta, torch._foreach_mul(update, lr))
+    if decay_order == "official":
+        theta = torch._foreach_sub(theta, torch._foreach_mul(phat, lr_decay))
+    torch._foreach_copy_(exp_avgs, momentum)
+    torch._foreach_copy_(param_avgs, pbar)
+    torch._foreach_copy_(params, theta)
+
+
+def _focus_hyper(*, lr, beta1, beta2, gamma, weight_decay, decay_order):
+    """The compiled step's hyperparameters, each computed in double here as the reference computes it."""
+    return lr, 1 - beta1, 1 - beta2, log_beta(beta2), gamma, lr * weight_decay
+
+
+FOCUS_RULE = ElementwiseRule("FOCUS", (torch.float32, torch.float32), _single_tensor_focus, _multi_tensor_focus,
+                             _focus_kernel, _compiled_focus, _focus_hyper, static_hyper=("decay_order",))
+
+
+class FOCUS(ElementwiseOptimizer):
+    """FOCUS with the official code's update order by default.
+
+    Args:
+        params: parameters or parameter groups.
+        lr: step size; every coordinate moves by ``lr*(1 +- gamma)`` per step plus decay.
+        betas: (b1, b2) for the gradient EMA and the parameter EMA.
+        gamma: attraction strength in [0, 1); 0 gives Signum exactly.
+        weight_decay: decoupled decay toward 0, proportional to the parameter EMA.
+        decay_order: "official" (authors' code) or "paper" (Algorithm 1).
+        foreach, fused: the implementation, as in :class:`~hf_foco.optim.FOCUS16bit`.
+    """
+
+    rule = FOCUS_RULE
+    state_names = ("exp_avg", "param_avg")
+
+    def __init__(self, params, lr: float = 0.01, betas=(0.9, 0.999), gamma: float = 0.1,
+                 weight_decay: float = 0.0, decay_order: str = "official", foreach: bool | None = None,
+                 fused: bool | None = None):
+        check_lr(lr)
+        check_betas(betas)
+        check_unit_interval("gamma", gamma)
+        check_weight_decay(weight_decay)
+        check_choice("decay_order", decay_order, DECAY_ORDERS)
+        check_fused_or_foreach("FOCUS", fused, foreach)
+        defaults = dict(lr=lr, betas=tuple(betas), gamma=gamma, weight_decay=weight_decay,
+                        decay_order=decay_order, foreach=foreach, fused=fused)
+        super().__init__(params, defaults)
+
+    def rule_hyperparameters(self, group):
+        beta1, beta2 = group["betas"]
+        return dict(lr=group["lr"], beta1=beta1, beta2=beta2, gamma=group["gamma"], weight_decay=group["weight_decay"],
+                    decay_order=group["decay_order"])

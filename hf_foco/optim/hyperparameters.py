@@ -2,7 +2,8 @@
 
 Lowest priority first:
 
-1. the registry defaults (``hf-foco optimizers`` lists them; unset usual fields take these);
+1. the registry defaults (a published GPT-2 setting; ``hf-foco optimizers`` lists them; unset usual fields
+   take these);
 2. the usual ``TrainingArguments`` fields: ``learning_rate`` -> ``lr``, ``weight_decay`` -> the decayed
    group's decay, ``adam_beta1``/``adam_beta2`` -> ``betas`` (only for optimizers that take ``betas``);
 3. ``--optim_args "gamma=0.2,beta2=0.99"`` (flat; each value converted to the type of its default);
@@ -14,24 +15,22 @@ naming the fix, and :func:`check_by_construction` lets the optimizer's own range
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from ..hints import parse_key_values
-from .registry import OptimizerSpec
+from .registry import OptimizerSpec, init_parameters
 
 _BETA_KEYS = {"beta1": 0, "beta2": 1, "beta3": 2}
 _WORDS = {"true": True, "false": False, "none": None, "null": None}
 
 
 def hyperparameter_defaults(spec: OptimizerSpec) -> dict[str, Any]:
-    """The class signature's defaults overlaid with the registry's recommended ones."""
-    sig = inspect.signature(spec.cls.__init__)
+    """The class signature's defaults overlaid with the registry's."""
     names = spec.hyperparameter_names()
-    found = {n: p.default for n, p in sig.parameters.items() if n in names and p.default is not p.empty}
+    found = {n: p.default for n, p in init_parameters(spec.cls).items() if n in names and p.default is not p.empty}
     return {**found, **spec.defaults}
 
 
@@ -109,11 +108,14 @@ def resolve_hyperparameters(spec: OptimizerSpec, *, learning_rate: float, weight
 
 
 def check_by_construction(spec: OptimizerSpec, kwargs: Mapping[str, Any]) -> None:
-    """Build the optimizer on a dummy parameter so its own checks reject bad values now, not at step 1."""
-    if spec.needs_layer_hooks:
-        return  # needs a real model; resolve_kwargs has already checked the names
+    """Build the optimizer on a dummy parameter (a one-layer stand-in model for classes that take one) so its
+    own checks reject bad values now, not at step 1."""
     try:
-        spec.cls([torch.nn.Parameter(torch.zeros(2, 2))], **kwargs)
+        if spec.takes_model:
+            model = torch.nn.Sequential(torch.nn.Linear(2, 2))
+            spec.cls(list(model.parameters()), model=model, **kwargs)
+        else:
+            spec.cls([torch.nn.Parameter(torch.zeros(2, 2))], **kwargs)
     except (ValueError, TypeError) as err:
         raise ValueError(f"--optim {spec.name}: {err} Fix it with --learning_rate/--weight_decay/"
                          f"--adam_beta1/--adam_beta2, --optim_args or --optim_kwargs.") from None

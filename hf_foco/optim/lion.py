@@ -3,55 +3,27 @@
     c = b1*m + (1-b1)*g
     theta <- theta - lr*(sign(c) + wd*theta)
     m <- b2*m + (1-b2)*g
+
+Implementations as for FOCUS (:mod:`~hf_foco.optim.focus`): single-tensor, multi-tensor, the fused CPU kernel
+(all three equal bit for bit) and the compiled multi-tensor step on CUDA.
 """
 
 from __future__ import annotations
 
 import torch
 
-from . import cpu_kernels
-from .base import ElementwiseOptimizer, as_fp32, default_foreach, fp32_params, group_by_device_and_dtype
+from .base import as_fp32, fp32_params, group_by_device_and_dtype
+from .dispatch import ElementwiseRule, lerp, widen
+from .elementwise import ElementwiseOptimizer
 from .validation import check_betas, check_fused_or_foreach, check_lr, check_weight_decay
-
-
-class Lion(ElementwiseOptimizer):
-    """Lion with decoupled weight decay; fp32 momentum for any parameter dtype. ``fused`` and ``foreach`` as in
-    :class:`~hf_foco.optim.Signum`."""
-
-    state_names = ("exp_avg",)
-
-    def __init__(self, params, lr: float = 1e-4, betas=(0.9, 0.99), weight_decay: float = 0.0,
-                 foreach: bool | None = None, fused: bool | None = None):
-        check_lr(lr)
-        check_betas(betas)
-        check_weight_decay(weight_decay)
-        check_fused_or_foreach("Lion", fused, foreach)
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, foreach=foreach,
-                                      fused=fused))
-
-    def _apply(self, group, params, grads, states, steps):
-        beta1, beta2 = group["betas"]
-        lion(params, grads, states["exp_avg"], steps, foreach=group["foreach"], fused=group.get("fused"),
-             lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"])
 
 
 def lion(params, grads, exp_avgs, steps, *, foreach: bool | None = None, fused: bool | None = None, lr: float,
          beta1: float, beta2: float, weight_decay: float) -> None:
-    """The Lion step on lists of tensors (fp32 momentum); ``fused`` and ``foreach`` as in
-    :func:`~hf_foco.optim.focus.focus`."""
-    if fused is None:
-        fused = not foreach and cpu_kernels.default_fused(params)
-    if fused:
-        rows, others = cpu_kernels.split_rows([params, grads, exp_avgs, steps], (torch.float32,))
-        for (p, g, m), _ in cpu_kernels.by_step(rows):
-            cpu_kernels.kernels().sign_step(p, g, m, lr, beta1, beta2, weight_decay, True)
-        params, grads, exp_avgs, steps = others
-        if not params:
-            return
-    if foreach is None:
-        foreach = default_foreach(params)
-    fn = _multi_tensor_lion if foreach else _single_tensor_lion
-    fn(params, grads, exp_avgs, steps, lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay)
+    """The Lion step on lists of tensors (fp32 momentum); ``foreach`` and ``fused`` as in
+    :func:`~hf_foco.optim.foco.foco`."""
+    LION.step([params, grads, exp_avgs, steps], dict(lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay),
+              foreach=foreach, fused=fused)
 
 
 def _single_tensor_lion(params, grads, exp_avgs, steps, *, lr, beta1, beta2, weight_decay):
@@ -77,3 +49,47 @@ def _multi_tensor_lion(params, grads, exp_avgs, steps, *, lr, beta1, beta2, weig
                 torch._foreach_mul_(theta, 1 - lr * weight_decay)
             torch._foreach_add_(theta, direction, alpha=-lr)
         torch._foreach_lerp_(m_list, g_list, 1 - beta2)
+
+
+def _lion_kernel(module, columns, step, *, lr, beta1, beta2, weight_decay):
+    module.sign_step(*columns, lr, beta1, beta2, weight_decay, True)
+
+
+def _compiled_lion(params, grads, exp_avgs, steps, hyper):
+    """The whole step as one multi-tensor expression, traced by ``torch.compile``."""
+    lr, one_minus_beta1, one_minus_beta2, shrink = hyper.unbind()
+    torch._foreach_add_(steps, 1)
+    g32 = widen(grads)
+    direction = torch._foreach_sign(lerp(exp_avgs, g32, one_minus_beta1))
+    theta = torch._foreach_sub(torch._foreach_mul(widen(params), shrink), torch._foreach_mul(direction, lr))
+    torch._foreach_copy_(exp_avgs, lerp(exp_avgs, g32, one_minus_beta2))
+    torch._foreach_copy_(params, theta)
+
+
+def _lion_hyper(*, lr, beta1, beta2, weight_decay):
+    return lr, 1 - beta1, 1 - beta2, 1 - lr * weight_decay
+
+
+LION = ElementwiseRule("Lion", (torch.float32,), _single_tensor_lion, _multi_tensor_lion, _lion_kernel,
+                       _compiled_lion, _lion_hyper)
+
+
+class Lion(ElementwiseOptimizer):
+    """Lion with decoupled weight decay; fp32 momentum for any parameter dtype. ``foreach`` and ``fused``: the
+    implementation, as in :class:`~hf_foco.optim.FOCUS16bit`."""
+
+    rule = LION
+    state_names = ("exp_avg",)
+
+    def __init__(self, params, lr: float = 1e-4, betas=(0.9, 0.99), weight_decay: float = 0.0,
+                 foreach: bool | None = None, fused: bool | None = None):
+        check_lr(lr)
+        check_betas(betas)
+        check_weight_decay(weight_decay)
+        check_fused_or_foreach("Lion", fused, foreach)
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, foreach=foreach,
+                                      fused=fused))
+
+    def rule_hyperparameters(self, group):
+        beta1, beta2 = group["betas"]
+        return dict(lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"])

@@ -58,11 +58,17 @@ class OptimizerSpec:
 
     Attributes:
         name: registry key, also the value of ``--optim``.
-        cls: a ``torch.optim.Optimizer`` subclass.
-        defaults: hyperparameters applied before user overrides (the recommended GPT-2 setting).
+        cls: a ``torch.optim.Optimizer`` subclass. Its keyword arguments are its hyperparameters, read from
+            its signature; a subclass that adds its own and passes ``**kwargs`` on is read together with its
+            parent (:func:`init_parameters`). A class that takes ``model`` is built with the model.
+        defaults: hyperparameters applied before user overrides: a published GPT-2 setting, which
+            ``defaults_from`` names (settings tuned at other scales live in the recipes, which say so).
+        defaults_from: where ``defaults`` come from, shown by ``hf-foco optimizers``.
         paper: citation shown by ``hf-foco optimizers`` and in model cards.
         state_bytes_per_param: optimizer state per fp32 parameter, for tables and memory estimates; None
-            when the state is not proportional to the parameters (K-FAC's Kronecker factors).
+            when the state is not proportional to the parameters, and ``state`` then says what it is.
+        state: what the optimizer state is when no byte count per parameter says it (K-FAC's Kronecker
+            factors).
         needs_half_batch_grads: the trainer hands over two half-batch gradients per step
             (:class:`HalfBatchOptimizer`; FOP).
         needs_layer_hooks: the optimizer hooks model layers and needs curvature batches
@@ -74,8 +80,10 @@ class OptimizerSpec:
     name: str
     cls: type[torch.optim.Optimizer]
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    defaults_from: str = ""
     paper: str = ""
     state_bytes_per_param: float | None = None
+    state: str = ""
     needs_half_batch_grads: bool = False
     needs_layer_hooks: bool = False
     supports_sharded_params: bool = True
@@ -92,9 +100,12 @@ class OptimizerSpec:
 
     def hyperparameter_names(self) -> set[str]:
         """Keyword arguments of the optimizer class (everything but ``params`` and, if any, ``model``)."""
-        sig = inspect.signature(self.cls.__init__)
-        return {n for n, p in sig.parameters.items()
-                if n not in ("self", "params", "model") and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        return set(init_parameters(self.cls)) - {"params", "model"}
+
+    @property
+    def takes_model(self) -> bool:
+        """Whether the class is built with ``model=`` (it finds its layers there: K-FAC, FOP, Muon)."""
+        return "model" in init_parameters(self.cls)
 
     def resolve_kwargs(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
         """Defaults merged with ``overrides``; an unknown key fails naming the valid ones."""
@@ -104,6 +115,26 @@ class OptimizerSpec:
             raise ValueError(f"Unknown hyperparameter(s) for optimizer {self.name!r}: "
                              f"{unknown_names(unknown, valid)}. Valid keys: {', '.join(sorted(valid))}.")
         return {**self.defaults, **overrides}
+
+
+def init_parameters(cls: type) -> dict[str, inspect.Parameter]:
+    """The named parameters of ``cls.__init__`` (``self`` excluded), followed up the class hierarchy while an
+    ``__init__`` passes ``**kwargs`` on to its parent's: a subclass that adds arguments to its parent's is
+    read as one signature, without repeating the parent's."""
+    found: dict[str, inspect.Parameter] = {}
+    for klass in cls.__mro__:
+        init = vars(klass).get("__init__")
+        if init is None:
+            continue
+        forwards = False
+        for name, param in list(inspect.signature(init).parameters.items())[1:]:
+            if param.kind is param.VAR_KEYWORD:
+                forwards = True
+            elif param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY):
+                found.setdefault(name, param)
+        if not forwards:
+            break
+    return found
 
 
 _REGISTRY: dict[str, OptimizerSpec] = {}
@@ -195,7 +226,7 @@ def create_optimizer(name: str, params_or_model: torch.nn.Module | Iterable, *, 
     ``params_or_model`` is either parameters / parameter groups, used as given, or an ``nn.Module``, whose
     parameters are grouped by :func:`hf_foco.optim.grouping.param_groups` with ``weight_decay_policy``
     (default: weight decay on >= 2-D weights only, as nanoGPT). Optimizers that need layer hooks require
-    the module.
+    the module, as do those whose class takes ``model`` (Muon finds its hidden matrices there).
     """
     from .grouping import param_groups
 
@@ -206,9 +237,9 @@ def create_optimizer(name: str, params_or_model: torch.nn.Module | Iterable, *, 
         params = param_groups(model, kwargs.get("weight_decay", 0.0), policy=weight_decay_policy)
     else:
         model, params = None, params_or_model
-    if spec.needs_layer_hooks:
+    if spec.takes_model or spec.needs_layer_hooks:
         if model is None:
-            raise TypeError(f"Optimizer {spec.name!r} hooks model layers: pass the model, not its parameters.")
+            raise TypeError(f"Optimizer {spec.name!r} finds the model's layers: pass the model, not its parameters.")
         return spec.cls(params, model=model, **kwargs)
     return spec.cls(params, **kwargs)
 

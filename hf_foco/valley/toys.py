@@ -43,11 +43,6 @@ def _adam_rule(params, grads, exp_avgs, exp_avg_sqs, steps, *, lr, weight_decay,
                     decoupled_weight_decay=True)
 
 
-def _one_tensor(rule: Callable) -> Callable:
-    """A package rule on its single-tensor path (the toys hold one tensor per state)."""
-    return functools.partial(rule, foreach=False)
-
-
 @dataclasses.dataclass(frozen=True)
 class ToyOptimizer:
     """A functional update rule plus where its weight decay is applied.
@@ -86,14 +81,14 @@ _FOCUS_STATE = (("exp_avg", _FP32), ("param_avg", _FP32))
 TOY_OPTIMIZERS: dict[str, ToyOptimizer] = {
     "adam": ToyOptimizer("Adam", _adam_rule, (("exp_avg", _FP32), ("exp_avg_sq", _FP32)),
                          dict(beta1=0.9, beta2=0.999, eps=1e-8)),
-    "signum": ToyOptimizer("Signum", _one_tensor(signum), (("exp_avg", _FP32),), dict(momentum=0.9)),
-    "focus-toy": ToyOptimizer("FOCUS (spec toy: decay omega*p)", _one_tensor(focus), _FOCUS_STATE,
+    "signum": ToyOptimizer("Signum", signum, (("exp_avg", _FP32),), dict(momentum=0.9)),
+    "focus-toy": ToyOptimizer("FOCUS (spec toy: decay omega*p)", focus, _FOCUS_STATE,
                               dict(_FOCUS_HYPER, decay_order="official")),
-    "focus": ToyOptimizer("FOCUS", _one_tensor(focus), _FOCUS_STATE, dict(_FOCUS_HYPER, decay_order="official"),
+    "focus": ToyOptimizer("FOCUS", focus, _FOCUS_STATE, dict(_FOCUS_HYPER, decay_order="official"),
                           decay="ema"),
     "foco": ToyOptimizer("foco", functools.partial(foco, foreach=False, fused=False),
                          (("exp_avg", MOMENTUM_DTYPE), ("pull", PULL_DTYPE)), _FOCUS_HYPER, decay="rule"),
-    "lion": ToyOptimizer("Lion", _one_tensor(lion), (("exp_avg", _FP32),), dict(beta1=0.9, beta2=0.99)),
+    "lion": ToyOptimizer("Lion", lion, (("exp_avg", _FP32),), dict(beta1=0.9, beta2=0.99)),
 }
 
 

@@ -19,6 +19,9 @@ reduction hooks) are never touched. Gradient checkpointing would
 recompute the forward inside the backward and fire the hooks twice; the curvature pass therefore switches
 checkpointing off on every layer for its own forward (it then holds one batch of activations) and restores
 it afterwards, so nothing is counted twice and the training passes stay checkpointed.
+
+Precision. The curvature pass, the factor products, the damped inverses and the Kronecker products run under
+:func:`fp32_matmul`: full fp32 matmuls whatever TF32 (or oneDNN's bf16) setting the caller chose.
 """
 
 from __future__ import annotations
@@ -31,6 +34,29 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+@contextlib.contextmanager
+def fp32_matmul():
+    """Run float32 matmuls in full fp32 inside the block (no TF32 on CUDA, no bf16 in oneDNN on CPU), then give
+    back the caller's setting.
+
+    It works on torch's per-backend settings (``torch.backends.cuda.matmul.fp32_precision``, the oneDNN one),
+    which both of torch's interfaces end in: ``torch.set_float32_matmul_precision`` writes them, and
+    ``torch.backends.fp32_precision`` (what transformers sets for ``--tf32`` on torch >= 2.9) is inherited by
+    them. A backend that inherited its value inherits again afterwards."""
+    backends = (torch.backends.cuda.matmul, torch.backends.mkldnn.matmul)
+    saved = [backend.fp32_precision for backend in backends]
+    for backend in backends:
+        backend.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        for backend, value in zip(backends, saved):
+            backend.fp32_precision = "none"
+            if backend.fp32_precision != value:
+                backend.fp32_precision = value
+
 
 # The tied token embedding / lm_head (a vocabulary-wide factor: ~10 GB for GPT-2) and the embeddings stay
 # with the first-order optimizer, as the FOP paper does for ViT. Patterns match full module names.
@@ -58,6 +84,7 @@ class KFACLayer:
     def params(self) -> list[nn.Parameter]:
         return [self.weight] if self.bias is None else [self.weight, self.bias]
 
+    @fp32_matmul()
     def kron_apply(self, tensors: Sequence[torch.Tensor], in_mat: torch.Tensor, out_mat: torch.Tensor,
                    bias_in: torch.Tensor | float = 1.0) -> list[torch.Tensor]:
         """(A-side ⊗ G-side)·v for v = (weight-shaped, [bias-shaped]) tensors, in fp32.
@@ -168,6 +195,7 @@ def causal_loss_mask(inputs: Mapping[str, object]) -> torch.Tensor | None:
     return mask
 
 
+@fp32_matmul()
 def sample_fisher_factors(model: nn.Module, layers: Sequence[KFACLayer], inputs: Mapping[str, object],
                           labels: torch.Tensor | None = None, generator: torch.Generator | None = None,
                           loss_mask: torch.Tensor | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -220,6 +248,7 @@ def sample_fisher_factors(model: nn.Module, layers: Sequence[KFACLayer], inputs:
     return factors
 
 
+@fp32_matmul()
 def damped_inverses(a: torch.Tensor, g: torch.Tensor, damping: float,
                     relative: bool = False) -> tuple[torch.Tensor, ...]:
     """Damped inverses of A and G and the bias's damped scalar A-side, in fp32.

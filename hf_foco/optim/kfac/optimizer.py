@@ -43,6 +43,11 @@ do the same by hand.
 State (factors, inverses, momentum, AdamW moments, the last β*/η*) is tensors in ``self.state``, so
 ``optimizer.pt`` loads with ``weights_only=True``. FSDP and DeepSpeed are refused: they shard or flatten
 the weight matrices the Kronecker factors act on.
+
+Precision: the factor products, damped inverses and Kronecker products, and the sampled forward and
+backward pass the factors come from, run in full fp32 (:func:`~.curvature.fp32_matmul`) whatever the
+caller asked of TF32 (transformers enables it under bf16 + ``torch_compile``): TF32's 10-bit mantissa would
+put errors of ~1e-3 into factors whose smallest eigenvalues the damping only just lifts.
 """
 
 from __future__ import annotations
@@ -51,11 +56,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
-from torch.optim.adamw import adamw
 
 from ...distributed import all_reduce_mean, refuse_sharding
 from ...tensorlist import dot
-from ..base import closure_loss
+from ..base import adamw_step, closure_loss, split_groups
 from ..state import check_state_kind
 from ..validation import check_betas, check_lr, check_unit_interval, check_weight_decay
 from .curvature import (
@@ -77,8 +81,28 @@ def _grad_or_zeros(p: torch.Tensor, grad: torch.Tensor | None) -> torch.Tensor:
     return torch.zeros_like(p) if grad is None else grad
 
 
-class _KroneckerOptimizer(torch.optim.Optimizer):
-    """Shared machinery of FOP and K-FAC."""
+class KFAC(torch.optim.Optimizer):
+    """K-FAC (Martens & Grosse 2015) on Linear/Conv1D layers, SGD-momentum outer step, AdamW elsewhere.
+
+    Args:
+        params: parameters or groups (the K-FAC / AdamW split is made by layer, inside).
+        model: the module whose layers are preconditioned (FocoTrainer passes it).
+        lr: step size of the (normalised) preconditioned update, and of AdamW unless ``adamw_lr`` is given.
+        momentum: momentum on the preconditioned update (an EMA when normalised, SGD momentum when raw).
+        adamw_lr, betas, eps: AdamW for the parameters outside K-FAC layers (``adamw_lr=None``: ``lr``;
+            required when ``normalize_update=False``).
+        weight_decay: decoupled decay at the AdamW rate for every parameter (see the module docstring).
+        damping: λ; relative to each factor's mean eigenvalue with ``relative_damping`` (default), else
+            absolute with the π split (√λ·π on A, √λ/π on G).
+        factor_ema: weight ρ of a fresh factor in the running average after the dense start.
+        update_freq: refresh factors and inverses every k optimizer steps after the dense start.
+        dense_steps: refresh every step with ρ = 1 for this many first steps (the factors move fast early).
+        normalize_update: rescale each layer's preconditioned update to RMS 1 (one lr for the whole model).
+        curvature_examples: refresh the factors from the first N examples of the batch only (None: all).
+        max_update_norm: clip the total norm of the raw preconditioned update over K-FAC layers (None: off;
+            only with ``normalize_update=False``).
+        exclude: fnmatch patterns of module names left to AdamW.
+    """
 
     # The per-parameter state it keeps: Kronecker factors, inverses and momentum of the K-FAC layers (FOP adds
     # its β*/η*), AdamW moments of the rest. Another optimizer's state is refused on load.
@@ -88,9 +112,11 @@ class _KroneckerOptimizer(torch.optim.Optimizer):
         check_state_kind(self, state_dict, self.state_names)
         super().load_state_dict(state_dict)
 
-    def __init__(self, params, model: nn.Module, *, lr, momentum, adamw_lr, betas, eps, weight_decay, damping,
-                 factor_ema, update_freq, dense_steps, relative_damping, normalize_update, curvature_examples,
-                 max_update_norm, exclude):
+    def __init__(self, params, model: nn.Module, lr: float = 6e-4, momentum: float = 0.9,
+                 adamw_lr: float | None = None, betas=(0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.1,
+                 damping: float = 0.1, factor_ema: float = 0.5, update_freq: int = 5, dense_steps: int = 20,
+                 relative_damping: bool = True, normalize_update: bool = True, curvature_examples: int | None = None,
+                 max_update_norm: float | None = None, exclude: Iterable[str] = DEFAULT_EXCLUDE):
         who = type(self).__name__
         if not isinstance(model, nn.Module):
             raise TypeError(f"{who} hooks model layers: pass model=<the nn.Module being trained>.")
@@ -141,30 +167,15 @@ class _KroneckerOptimizer(torch.optim.Optimizer):
         kfac_ids = {id(p) for layer in self.layers for p in layer.params()}
         defaults = dict(lr=lr, momentum=momentum, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                         kfac=False)
-        super().__init__(self._split_groups(params, kfac_ids, lr, adamw_lr, weight_decay), defaults)
-        self.attach(model)
-
-    @staticmethod
-    def _split_groups(params, kfac_ids: set[int], lr, adamw_lr, weight_decay) -> list[dict]:
-        """Each incoming group becomes a K-FAC group (lr, rescaled decay) and an AdamW group (adamw_lr)."""
-        groups = params
-        if groups and not isinstance(groups[0], dict):
-            groups = [{"params": groups}]
-        out = []
-        for group in groups:
-            plist = group["params"]
-            names = group.get("param_names")
+        # Each group splits into a K-FAC part (at lr, its decay rescaled to shrink at the AdamW rate) and an
+        # AdamW part (at adamw_lr).
+        def settings(is_kfac: bool, group: dict) -> dict:
             wd = group.get("weight_decay", weight_decay)
-            for is_kfac in (True, False):
-                keep = [i for i, p in enumerate(plist) if (id(p) in kfac_ids) == is_kfac]
-                if not keep:
-                    continue
-                new = {**group, "params": [plist[i] for i in keep], "kfac": is_kfac, "name": "kfac" if is_kfac else "adamw",
-                       "lr": lr if is_kfac else adamw_lr, "weight_decay": wd * adamw_lr / lr if is_kfac else wd}
-                if names is not None:
-                    new["param_names"] = [names[i] for i in keep]
-                out.append(new)
-        return out
+            return dict(kfac=is_kfac, name="kfac" if is_kfac else "adamw", lr=lr if is_kfac else adamw_lr,
+                        weight_decay=wd * adamw_lr / lr if is_kfac else wd)
+
+        super().__init__(split_groups(params, kfac_ids, settings), defaults)
+        self.attach(model)
 
     @staticmethod
     def _process_value_according_to_param_policy(param, value, param_id, param_groups, key=None):
@@ -233,25 +244,9 @@ class _KroneckerOptimizer(torch.optim.Optimizer):
         loss = closure_loss(closure)
         for group in self.param_groups:
             if not group["kfac"]:
-                self._adamw(group)
+                adamw_step(group, self.state)
         self._kfac_step()
         return loss
-
-    def _adamw(self, group: dict) -> None:
-        params = [p for p in group["params"] if p.grad is not None]
-        for p in params:
-            state = self.state[p]
-            if not state:
-                state["step"] = torch.tensor(0.0)
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        if not params:
-            return
-        states = [self.state[p] for p in params]
-        beta1, beta2 = group["betas"]
-        adamw(params, [p.grad for p in params], [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
-              [], [s["step"] for s in states], amsgrad=False, beta1=beta1, beta2=beta2, lr=group["lr"],
-              weight_decay=group["weight_decay"], eps=group["eps"], maximize=False)
 
     def _direction(self, layer: KFACLayer, state: dict) -> list[torch.Tensor]:
         grads = [_grad_or_zeros(p, p.grad) for p in layer.params()]
@@ -292,63 +287,21 @@ class _KroneckerOptimizer(torch.optim.Optimizer):
                 p.add_(buf.to(p.dtype), alpha=-group["lr"])
 
 
-class KFAC(_KroneckerOptimizer):
-    """K-FAC (Martens & Grosse 2015) on Linear/Conv1D layers, SGD-momentum outer step, AdamW elsewhere.
-
-    Args:
-        params: parameters or groups (the K-FAC / AdamW split is made by layer, inside).
-        model: the module whose layers are preconditioned (FocoTrainer passes it).
-        lr: step size of the (normalised) preconditioned update, and of AdamW unless ``adamw_lr`` is given.
-        momentum: momentum on the preconditioned update (an EMA when normalised, SGD momentum when raw).
-        adamw_lr, betas, eps: AdamW for the parameters outside K-FAC layers (``adamw_lr=None``: ``lr``;
-            required when ``normalize_update=False``).
-        weight_decay: decoupled decay at the AdamW rate for every parameter (see the module docstring).
-        damping: λ; relative to each factor's mean eigenvalue with ``relative_damping`` (default), else
-            absolute with the π split (√λ·π on A, √λ/π on G).
-        factor_ema: weight ρ of a fresh factor in the running average after the dense start.
-        update_freq: refresh factors and inverses every k optimizer steps after the dense start.
-        dense_steps: refresh every step with ρ = 1 for this many first steps (the factors move fast early).
-        normalize_update: rescale each layer's preconditioned update to RMS 1 (one lr for the whole model).
-        curvature_examples: refresh the factors from the first N examples of the batch only (None: all).
-        max_update_norm: clip the total norm of the raw preconditioned update over K-FAC layers (None: off;
-            only with ``normalize_update=False``).
-        exclude: fnmatch patterns of module names left to AdamW.
-    """
-
-    def __init__(self, params, model: nn.Module, lr: float = 2e-3, momentum: float = 0.9,
-                 adamw_lr: float | None = None, betas=(0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.1,
-                 damping: float = 0.1, factor_ema: float = 0.5, update_freq: int = 5, dense_steps: int = 20,
-                 relative_damping: bool = True, normalize_update: bool = True, curvature_examples: int | None = None,
-                 max_update_norm: float | None = None, exclude: Iterable[str] = DEFAULT_EXCLUDE):
-        super().__init__(params, model, lr=lr, momentum=momentum, adamw_lr=adamw_lr, betas=betas, eps=eps,
-                         weight_decay=weight_decay, damping=damping, factor_ema=factor_ema, update_freq=update_freq,
-                         dense_steps=dense_steps, relative_damping=relative_damping,
-                         normalize_update=normalize_update, curvature_examples=curvature_examples,
-                         max_update_norm=max_update_norm, exclude=exclude)
-
-
-class FOP(_KroneckerOptimizer):
+class FOP(KFAC):
     """Fisher-Orthogonal Projection: K-FAC plus the Fisher-orthogonal part of the half-batch difference.
 
-    Args: as :class:`KFAC`, plus ``beta_max`` (β* ∈ [−beta_max, beta_max]) and ``eta_max``
-    (η* ∈ [0, eta_max]). Before each ``step()`` it needs g1 − g2, the difference of the two half-batch
-    gradients of :attr:`half_batch_params` (:meth:`receive_half_batch_difference`; FocoTrainer hands it over).
+    Args: those of :class:`KFAC` (passed on as keywords; the registry reads the two signatures as one),
+    plus ``beta_max`` (β* ∈ [−beta_max, beta_max]) and ``eta_max`` (η* ∈ [0, eta_max]). Before each
+    ``step()`` it needs g1 − g2, the difference of the two half-batch gradients of :attr:`half_batch_params`
+    (:meth:`receive_half_batch_difference`; FocoTrainer hands it over).
     """
 
-    state_names = (*_KroneckerOptimizer.state_names, "beta", "eta")
+    state_names = (*KFAC.state_names, "beta", "eta")
 
-    def __init__(self, params, model: nn.Module, lr: float = 2e-3, momentum: float = 0.9,
-                 adamw_lr: float | None = None, betas=(0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.1,
-                 damping: float = 0.1, factor_ema: float = 0.5, update_freq: int = 5, dense_steps: int = 20,
-                 relative_damping: bool = True, normalize_update: bool = True, curvature_examples: int | None = None,
-                 max_update_norm: float | None = None, exclude: Iterable[str] = DEFAULT_EXCLUDE, beta_max: float = 0.5, eta_max: float = 2.0):
+    def __init__(self, params, model: nn.Module, *, beta_max: float = 0.5, eta_max: float = 2.0, **kfac_settings):
         if not beta_max >= 0 or not eta_max > 0:
             raise ValueError(f"Invalid beta_max={beta_max!r} / eta_max={eta_max!r}: need beta_max >= 0, eta_max > 0.")
-        super().__init__(params, model, lr=lr, momentum=momentum, adamw_lr=adamw_lr, betas=betas, eps=eps,
-                         weight_decay=weight_decay, damping=damping, factor_ema=factor_ema, update_freq=update_freq,
-                         dense_steps=dense_steps, relative_damping=relative_damping,
-                         normalize_update=normalize_update, curvature_examples=curvature_examples,
-                         max_update_norm=max_update_norm, exclude=exclude)
+        super().__init__(params, model, **kfac_settings)
         self.beta_max, self.eta_max = beta_max, eta_max
         self._difference: dict[torch.Tensor, torch.Tensor] = {}
 
