@@ -8,8 +8,9 @@ faults and ~0.2 s of kernel time per step, a fifth of the step (``scripts/bench_
 blocks in the heap (no mmap), trimming only above 1 GiB free and growing the heap 64 MiB at a time lets the
 next step reuse the same, already mapped pages. The cost: up to 1 GiB of freed memory stays with the process.
 
-Call :func:`tune_allocator` at process start, before the large allocations (``hf_foco.pretrain.main`` does).
-It is a no-op off glibc (macOS, Windows, musl) and with ``HF_FOCO_MALLOC_TUNING=0``.
+Call :func:`tune_allocator` at process start, before the large allocations (``hf_foco.pretrain.main`` and
+``hf-foco run`` do; ``hf_foco.install()`` does not, as a library call changes no process-wide setting). It is
+a no-op off glibc (macOS, Windows, musl) and with ``HF_FOCO_MALLOC_TUNING=0``.
 """
 
 from __future__ import annotations

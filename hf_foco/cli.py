@@ -157,6 +157,27 @@ def _prepare_data(argv: list[str]) -> int:
     return 0
 
 
+# -- hf-foco recipes ---------------------------------------------------------------------------------------
+
+def _recipes_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("destination", nargs="?", default="recipes",
+                        help="folder to create with the recipes (default: ./recipes, where the README's commands "
+                             "look for them)")
+
+
+def _recipes(args: argparse.Namespace) -> int:
+    from .recipe import copy_recipes
+
+    try:
+        copied = copy_recipes(args.destination)
+    except FileExistsError as err:
+        print(f"hf-foco recipes: error: {err}", file=sys.stderr)
+        return 1
+    print(f"Copied {len(copied)} files into {args.destination}: e.g. `hf-foco train "
+          f"{Path(args.destination) / 'gpt2-nano' / 'foco.yaml'}`.")
+    return 0
+
+
 # -- hf-foco run -------------------------------------------------------------------------------------------
 
 def _run(argv: list[str]) -> int:
@@ -292,6 +313,8 @@ COMMANDS: dict[str, Command] = {
     "prepare-data": Command("tokenize a dataset once into token shards that training reads with --prepared_data "
                             "DIR: hf-foco prepare-data --prepared_data DIR [--dataset_name ... | --train_files ...]",
                             _prepare_data),
+    "recipes": Command("copy the recipes, studies and accelerate configs installed with hf_foco into a folder",
+                       _recipes, _recipes_arguments),
     "run": Command("run an unmodified Trainer script with every hf_foco optimizer on its --optim: hf-foco run "
                    "SCRIPT.py [args ...]", _run),
     "compare": Command("run an optimizer study (recipes x optimizers x LRs x seeds) and write its report",

@@ -174,6 +174,8 @@ def _save(trainer, metrics: dict, data, data_args: DataArguments, model_args: Mo
                     "validation_tokens": len(data.validation) * data.block_size}
     # Explicit, so that a fresh model from --config_name is not taken for a fine-tune of that config's model.
     card = {"finetuned_from": model_args.model_name_or_path}
+    if data_args.dataset_name:  # a Hub dataset: its id and configuration are the card's metadata
+        card.update(dataset_tags=data_args.dataset_name, dataset_args=data_args.dataset_config_name)
     written = write_run_artifacts(trainer, dataset_info=dataset_info, **card)
     if trainer.is_world_process_zero():
         out = Path(trainer.args.output_dir)

@@ -24,12 +24,29 @@ RECIPE_SUFFIXES = (".yaml", ".yml")
 NOT_RECIPES = ("studies", "accelerate_configs")
 
 
+# The recipes installed with the package (in a checkout, a link to the repository's recipes/ folder).
+PACKAGED_RECIPES = Path(__file__).resolve().parent / "recipes"
+
+
 def recipes_dir() -> Path | None:
-    """The recipes/ folder: the working directory's, else the one of the repository hf_foco runs from."""
-    for folder in (Path("recipes"), Path(__file__).resolve().parent.parent / "recipes"):
+    """The recipes/ folder: the working directory's, else the one installed with hf_foco."""
+    for folder in (Path("recipes"), PACKAGED_RECIPES):
         if folder.is_dir():
             return folder
     return None
+
+
+def copy_recipes(destination: str | Path) -> list[Path]:
+    """Copy the recipes installed with hf_foco (training recipes, studies, accelerate configs) into
+    ``destination``, a folder that must not exist yet; returns the files written."""
+    import shutil
+
+    destination = Path(destination)
+    if destination.exists():
+        raise FileExistsError(f"{destination} already exists: pass a folder that does not, e.g. `hf-foco recipes "
+                              "my-recipes`.")
+    shutil.copytree(PACKAGED_RECIPES, destination, ignore=shutil.ignore_patterns("__pycache__"))
+    return sorted(p for p in destination.rglob("*") if p.is_file())
 
 
 def known_recipes() -> list[str]:
@@ -64,7 +81,7 @@ def describe_recipe_usage(parser: HfArgumentParser, summary: str, example: str, 
         f"{summary}\n\npositional arguments:\n"
         "  RECIPE.yaml     a YAML file of the options below (keys as the options' names, without --); any\n"
         "                  --key value after it overrides the recipe. The recipes:\n"
-        f"{listing or '                  see recipes/ in the hf_foco repository'}\n\n"
+        f"{listing or '                  `hf-foco recipes` copies them into ./recipes'}\n\n"
         f"example:\n  {example}")
 
 
@@ -90,7 +107,8 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"Recipe {str(path)!r} is a directory: pass a recipe file in it (see recipes/ for "
                                 "examples).")
     if not path.is_file():
-        raise FileNotFoundError(f"Recipe {str(path)!r} does not exist (see recipes/ for examples).")
+        raise FileNotFoundError(f"Recipe {str(path)!r} does not exist (`hf-foco recipes` copies the recipes "
+                                "installed with hf_foco into ./recipes).")
     recipe = read_yaml(path)
     if recipe is None:
         return {}

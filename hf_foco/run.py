@@ -35,6 +35,8 @@ import runpy
 import sys
 from collections.abc import Iterator
 
+from .allocator import tune_allocator
+
 USAGE = """\
 usage: hf-foco run SCRIPT.py [script arguments ...]
        python -m hf_foco.run SCRIPT.py [script arguments ...]
@@ -42,7 +44,8 @@ usage: hf-foco run SCRIPT.py [script arguments ...]
 
 Runs SCRIPT.py unchanged, as `python SCRIPT.py ...` would, with transformers' Trainer and
 TrainingArguments replaced by hf_foco's FocoTrainer and FocoTrainingArguments: its --optim then takes
-every hf_foco optimizer (`hf-foco optimizers` lists them) beside transformers' own.
+every hf_foco optimizer (`hf-foco optimizers` lists them) beside transformers' own. On Linux (glibc) the
+process keeps freed training memory mapped for reuse; HF_FOCO_MALLOC_TUNING=0 turns that off.
 
 example:
   hf-foco run tests/scripts/stock_clm.py --do_train --do_eval --optim foco --output_dir runs/stock-foco
@@ -125,11 +128,14 @@ def run_script(path: str | os.PathLike, args: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``SCRIPT.py [args...]``: run the script (its exit code is this one's)."""
+    """``SCRIPT.py [args...]``: run the script (its exit code is this one's), in a process whose allocator keeps
+    training memory mapped between steps (:func:`hf_foco.allocator.tune_allocator`: glibc only;
+    ``HF_FOCO_MALLOC_TUNING=0`` leaves glibc's defaults)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE, file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
+    tune_allocator()  # before the script allocates its model and batches
     run_script(argv[0], argv[1:])
     return 0
 

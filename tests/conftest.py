@@ -3,12 +3,19 @@ instead of uploading."""
 
 import os
 import shutil
+from concurrent.futures import Future
+from pathlib import Path
 from types import SimpleNamespace
 
+import datasets
 import pytest
-from helpers import REPO
+import torch
+from helpers import PLACES, REPO
 from huggingface_hub import HfApi, constants
+from huggingface_hub.hf_api import DEFAULT_IGNORE_PATTERNS
+from huggingface_hub.utils import filter_repo_objects
 
+import hf_foco
 from hf_foco.data import DataArguments, prepare_lm_data, stdlib_files
 from hf_foco.data.corpus import stdlib_root
 
@@ -38,11 +45,22 @@ def workspace(tmp_path_factory):
 
 
 @pytest.fixture
+def offline_data(tmp_path, monkeypatch):
+    """The datasets cache of in-process script runs under tmp_path; transformers left as found afterwards."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_datasets"))
+    originals = [getattr(module, name) for module, name in PLACES]
+    yield tmp_path
+    hf_foco.uninstall()
+    assert [getattr(module, name) for module, name in PLACES] == originals
+
+
+@pytest.fixture
 def hub(monkeypatch):
     """The Hub client with its network calls replaced by recorders: ``repos`` (create_repo), ``commits``
-    (repository, sorted uploaded paths) and ``events``, every call in order (including transformers' own
-    ``upload_folder``, which no hf_foco push should reach)."""
-    calls = SimpleNamespace(repos=[], commits=[], events=[])
+    (repository, sorted uploaded paths), ``uploads`` (each ``upload_folder`` call's patterns) and ``events``, every
+    call in order. ``upload_folder`` records the files it would upload, chosen by the Hub library's own filter
+    with the call's patterns and its default ignores, as the real one does."""
+    calls = SimpleNamespace(repos=[], commits=[], uploads=[], events=[])
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
 
     def create_repo(self, repo_id, **kw):
@@ -50,15 +68,40 @@ def hub(monkeypatch):
         calls.events.append("create_repo")
         return SimpleNamespace(repo_id=repo_id)
 
-    def create_commit(self, repo_id, operations, **kw):
-        calls.commits.append((repo_id, sorted(op.path_in_repo for op in operations)))
-        calls.events.append("commit")
+    def commit(repo_id, paths, event):
+        calls.commits.append((repo_id, sorted(paths)))
+        calls.events.append(event)
         return SimpleNamespace(commit_url=f"https://huggingface.co/{repo_id}/commit/0")
 
-    def upload_folder(self, **kw):
-        calls.events.append("upload_folder")
+    def create_commit(self, repo_id, operations, **kw):
+        return commit(repo_id, [op.path_in_repo for op in operations], "commit")
+
+    def upload_folder(self, *, repo_id, folder_path, allow_patterns=None, ignore_patterns=None, run_as_future=False,
+                      **kw):
+        calls.uploads.append({"allow_patterns": allow_patterns, "ignore_patterns": ignore_patterns})
+        folder = Path(folder_path)
+        files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+        ignore = [*([ignore_patterns] if isinstance(ignore_patterns, str) else ignore_patterns or []),
+                  *DEFAULT_IGNORE_PATTERNS]
+        info = commit(repo_id, filter_repo_objects(files, allow_patterns=allow_patterns, ignore_patterns=ignore),
+                      "upload_folder")
+        if not run_as_future:
+            return info
+        future = Future()
+        future.set_result(info)
+        return future
 
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
     monkeypatch.setattr(HfApi, "create_commit", create_commit)
     monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
     return calls
+
+
+@pytest.fixture(params=[1, 2], ids=lambda n: f"{n}-thread")
+def num_threads(request):
+    """The test once with 1 and once with 2 intra-op threads (what OMP_NUM_THREADS sets): fp32 sums are then
+    split and ordered differently, so a tolerance that holds for both does not rest on one accumulation order."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)

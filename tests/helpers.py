@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 import random
 import re
+import runpy
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,14 +17,23 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+import transformers
+import transformers.trainer
+import transformers.training_args
 from datasets import Dataset
 from tokenizers import Tokenizer, models, pre_tokenizers
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 REPO = Path(__file__).resolve().parent.parent
+# Where hf_foco.install() puts its classes.
+PLACES = [(transformers, "Trainer"), (transformers, "TrainingArguments"), (transformers.trainer, "Trainer"),
+          (transformers.training_args, "TrainingArguments")]
 SCRIPT = REPO / "scripts" / "run_pretrain.py"
-STOCK_CLM = REPO / "tests" / "scripts" / "stock_clm.py"  # a transformers-only Trainer script, run unmodified
+# Stock Trainer scripts (causal LM, sequence and token classification with transformers only; SFT with TRL),
+# run unmodified
+STOCK_CLM, STOCK_GLUE, STOCK_NER, STOCK_SFT = (REPO / "tests" / "scripts" / f"stock_{task}.py"
+                                               for task in ("clm", "glue", "ner", "sft"))
 SEQ = 16
 VOCAB = 128
 WORDS = "the cat sat on a mat and the dog ran to the red ball while birds sang in old trees".split()
@@ -60,10 +71,25 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def stock_clm_args(out: Path, optim: str, *extra: str) -> list[str]:
-    """Arguments of tests/scripts/stock_clm.py for a 6-step run on its own data, logging every step."""
+    """Arguments of a tests/scripts/stock_*.py script for a 6-step run on its own data, logging every step."""
     return ["--do_train", "--do_eval", "--output_dir", str(out), "--optim", optim, "--max_steps", "6",
             "--per_device_train_batch_size", "4", "--max_eval_samples", "8", "--logging_steps", "1",
             "--save_strategy", "no", "--use_cpu", "--seed", "0", "--disable_tqdm", "true", *extra]
+
+
+def run_stock(script: Path, args: list[str], install: bool) -> None:
+    """Run a stock script in this process: through `hf-foco run`, or as `python SCRIPT.py` would."""
+    if install:
+        from hf_foco.cli import main
+
+        assert main(["run", str(script), *args]) == 0
+        return
+    saved = sys.argv
+    sys.argv = [str(script), *args]
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    finally:
+        sys.argv = saved
 
 
 def readme_blocks(section: str, language: str) -> list[str]:

@@ -201,7 +201,8 @@ CASES = [
     Case("non_utf8_recipe", lambda c: c.main(recipe=c.file("latin1.yaml", b"optim: foco\n# caf\xe9\n")), EXIT,
          r"Recipe '.*latin1\.yaml' is not UTF-8 text \(invalid continuation byte at byte 17\): save it as UTF-8"),
     Case("missing_recipe", lambda c: c.main(recipe=c.tmp / "foco.yml"), EXIT,
-         r"Recipe '.*foco\.yml' does not exist \(see recipes/ for examples\)"),
+         r"Recipe '.*foco\.yml' does not exist \(`hf-foco recipes` copies the recipes installed with hf_foco into "
+         r"\./recipes\)"),
     Case("corrupted_checkpoint", lambda c: c.main("--resume_from_checkpoint", str(c.out / "checkpoint-4")), EXIT,
          r"--resume_from_checkpoint .*checkpoint-4 cannot be resumed from: model\.safetensors is corrupt "
          r"\(SafetensorError: .*\)\. Resume from another, intact checkpoint-N directory", prepare=corrupt_checkpoint),

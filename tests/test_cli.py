@@ -1,8 +1,10 @@
 """The command line as people expect it: plain-text help, the recipe first in run_pretrain's help, a missing
 recipe named as the error it is, `hf-foco optimizers` in words, and `hf-foco build-kernels`."""
 
+import os
 import re
 import runpy
+import subprocess
 import sys
 from pathlib import Path
 
@@ -103,3 +105,27 @@ def test_build_kernels_builds_them_ahead_of_time(capsys, fresh_kernel_build):
     assert cli.main(["build-kernels"]) == 0
     path = capsys.readouterr().out.strip().split(": ", 1)[1]
     assert Path(path).is_file() and cpu_kernels.load().__file__ == path
+
+
+@pytest.mark.slow
+def test_an_installed_wheel_carries_the_recipes_and_hf_foco_recipes_copies_them_out(tmp_path):
+    """Built and installed as a user gets it (no checkout on the path), the package lists its recipes in
+    `hf-foco train`'s error and `hf-foco recipes DEST` writes the repository's recipes/ tree, file for file."""
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(REPO), "-w",
+                    str(tmp_path / "wheel")], check=True, capture_output=True, timeout=300, cwd=tmp_path)
+    (wheel,) = (tmp_path / "wheel").glob("hf_foco-*.whl")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(tmp_path / "site"),
+                    str(wheel)], check=True, capture_output=True, timeout=300)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site"), "HF_HUB_OFFLINE": "1"}
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    copied = subprocess.run([sys.executable, "-m", "hf_foco.cli", "recipes"], cwd=work, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert copied.returncode == 0, copied.stderr[-2000:]
+    ours = {p.relative_to(REPO / "recipes"): p.read_bytes() for p in (REPO / "recipes").rglob("*.yaml")}
+    assert f"Copied {len(ours)} files into recipes" in copied.stdout
+    assert {p.relative_to(work / "recipes"): p.read_bytes() for p in (work / "recipes").rglob("*") if p.is_file()} \
+        == ours
+    again = subprocess.run([sys.executable, "-m", "hf_foco.cli", "recipes"], cwd=work, env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 1 and "hf-foco recipes: error: recipes already exists" in again.stderr

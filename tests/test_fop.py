@@ -19,7 +19,7 @@ def _vec(weight, bias):
     return torch.cat([weight.double().T.reshape(-1), bias.double()])
 
 
-def test_projection_and_update_match_a_dense_fisher():
+def test_projection_and_update_match_a_dense_fisher(num_threads):
     torch.manual_seed(0)
     model = Classifier(nn.Linear, sizes=(3, 4, 3))
     x, labels = torch.randn(8, 3), torch.randint(0, 3, (8,))
@@ -64,7 +64,7 @@ def test_projection_and_update_match_a_dense_fisher():
         torch.testing.assert_close(perp, g_perp, rtol=1e-4, atol=1e-7)
 
 
-def test_gradient_clipping_scales_the_fop_step():
+def test_gradient_clipping_scales_the_fop_step(num_threads):
     """The Trainer clips p.grad (= g_avg) only, not the half-batch difference; the step must shrink alike."""
     x, labels = torch.randn(8, 3), torch.randint(0, 3, (8,))
     moves = []
@@ -94,7 +94,7 @@ def _train(optimizer, model, batches):
         kronecker_step(optimizer, model, batch)
 
 
-def test_beta_zero_reproduces_kfac():
+def test_beta_zero_reproduces_kfac(num_threads):
     results = []
     for cls, extra in ((KFAC, {}), (FOP, {"beta_max": 0.0})):
         model = tiny_gpt2()

@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 from helpers import REPO, SCRIPT, short_args
+from huggingface_hub import ModelCard
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_foco.data import prepare_lm_data
@@ -34,6 +35,8 @@ def test_every_nano_recipe_trains_and_leaves_a_loadable_checkpoint(workspace):
         for artifact in ("model.safetensors", "tokenizer.json", "loss_curve.png", "README.md", "stability.json"):
             assert (out / artifact).is_file(), f"{name}: no {artifact}"
         assert json.loads((out / "run_info.json").read_text())["optimizer"]["name"] == name
+        card = ModelCard.load(out / "README.md")  # the recipe's license; local files have no Hub dataset id
+        assert card.data.license == "apache-2.0" and card.data.datasets is None and card.data.eval_results
         model = AutoModelForCausalLM.from_pretrained(out).eval()
         tokenizer = AutoTokenizer.from_pretrained(out)
         assert model.config.vocab_size == len(tokenizer) == 512
@@ -80,8 +83,10 @@ def test_cpu_ddp_config_runs_two_ranks_that_end_identical(workspace, tmp_path):
 
 def test_command_line_keys_override_the_recipe():
     model_args, data_args, args = parse_args([str(REPO / "recipes" / "gpt2-nano" / "lion.yaml"), "--learning_rate",
-                                              "1e-4", "--block_size", "64", "--output_dir", "elsewhere"])
+                                              "1e-4", "--block_size", "64", "--output_dir", "elsewhere",
+                                              "--license", "mit"])
     assert (args.optim, args.learning_rate, args.weight_decay) == ("lion", 1e-4, 0.5)  # decay from the recipe
+    assert args.license == "mit"  # the recipe says apache-2.0
     assert (data_args.block_size, args.output_dir, model_args.model) == (64, "elsewhere", "gpt2-nano")
 
 

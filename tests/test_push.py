@@ -11,8 +11,10 @@ import matplotlib.image
 import pytest
 import torch
 from helpers import common_args, text_dataset, tiny_gpt2, tiny_tokenizer
-from huggingface_hub import HfApi, ModelCard, constants
+from huggingface_hub import HfApi, ModelCard, ModelCardData, constants
 from huggingface_hub.errors import OfflineModeIsEnabled
+from huggingface_hub.repocard_data import model_index_to_eval_results
+from huggingface_hub.utils import validate_repo_id
 from transformers import TrainerCallback
 
 from hf_foco.artifacts import render_run
@@ -42,20 +44,22 @@ def finished_run(out, **overrides):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    trainer = finished_run(out)
+    trainer = finished_run(out, report_to="tensorboard")
     trainer.save_metrics("eval", trainer.evaluate())  # eval_results.json and all_results.json, as run_clm.py does
     write_run_artifacts(trainer, dataset_info=DATASET)
     return out, trainer.state
 
 
-def test_push_uploads_exactly_the_model_files(run_dir, hub):
+def test_push_uploads_exactly_the_model_files_and_the_tensorboard_logs(run_dir, hub):
     out, _ = run_dir
-    assert (out / "checkpoint-2").is_dir() and (out / "trainer_state.json").is_file()  # present, not uploaded
+    assert (out / "checkpoint-2" / "optimizer.pt").is_file() and (out / "training_args.bin").is_file()  # not uploaded
+    events = [p.relative_to(out).as_posix() for p in out.glob("runs/*/events.out.tfevents.*")]
+    assert events  # --report_to tensorboard wrote them under runs/
     push_run(out, REPO)
     assert hub.repos == [(REPO, {"private": None, "exist_ok": True, "repo_type": "model"})]
-    assert hub.commits == [(REPO, sorted(UPLOADED))]
+    assert hub.commits == [(REPO, sorted([*UPLOADED, *events]))]  # the Hub's "Training metrics" read the events
     assert cli_main(["push", str(out), "--repo_id", REPO, "--private"]) == 0
-    assert hub.repos[-1][1]["private"] is True and hub.commits[-1] == (REPO, sorted(UPLOADED))
+    assert hub.repos[-1][1]["private"] is True and hub.commits[-1] == (REPO, sorted([*UPLOADED, *events]))
 
 
 def test_model_card_describes_the_pretraining_run(run_dir):
@@ -63,9 +67,10 @@ def test_model_card_describes_the_pretraining_run(run_dir):
     card = (out / "README.md").read_text()
     evals = [e for e in state.log_history if "eval_loss" in e]
     tokens = 4 * 8 * 16  # steps x batch x sequence length
+    seconds = round(next(e["train_runtime"] for e in reversed(state.log_history) if "train_runtime" in e))
     for text in ("`foco`", "| `gamma` | 0.2 |", "| `lr` | 0.003 |", "| `betas` | (0.9, 0.99) |",
                  "Steps: 4;", f"Tokens seen: {tokens}", "- name: tiny-sentences", "- sequence length: 16",
-                 "on CPU", "Wall time: 0 min", f"Final eval loss: {evals[-1]['eval_loss']:.4g}",
+                 "on CPU", f"Wall time: {seconds // 60} min {seconds % 60} s", f"Final eval loss: {evals[-1]['eval_loss']:.4g}",
                  f"Final eval perplexity: {math.exp(evals[-1]['eval_loss']):.4g}", "![Loss curve](loss_curve.png)",
                  "0 skipped non-finite steps", "## Limitations", "library_name: transformers",
                  f'AutoModelForCausalLM.from_pretrained("{REPO}")'):
@@ -144,13 +149,13 @@ class PushBegins(TrainerCallback):
 def test_trainer_push_to_hub_waits_for_uploads_in_flight_and_uploads_the_stock_result_files(tmp_path, hub):
     trainer = finished_run(tmp_path, hub_model_id=REPO, push_to_hub=True, eval_steps=4, save_strategy="no")
     # --push_to_hub: transformers created the repository when the Trainer was built, and save_model pushed
-    assert hub.events == ["create_repo", "commit"]
+    assert hub.events == ["create_repo", "upload_folder"]
     trainer.save_metrics("eval", trainer.evaluate())
     trainer.push_in_progress = InFlightUpload(hub.events)
     trainer.add_callback(begins := PushBegins())
     hub.commits.clear()
     trainer.push_to_hub(dataset_info=DATASET)
-    assert hub.events[2:] == ["waited", "commit"]
+    assert hub.events[2:] == ["waited", "upload_folder"]
     assert hub.commits == [(REPO, sorted(UPLOADED))] and begins.calls == 1
     card = ModelCard.load(tmp_path / "README.md")
     assert f'from_pretrained("{REPO}")' in card.text and "fine-tuned" not in card.text.lower()
@@ -163,9 +168,25 @@ def test_push_without_a_repository_name_uses_the_output_folder_like_transformers
     assert hub.repos[0][0] == "my-run" and hub.commits[0][0] == "my-run"
 
 
+def assert_hub_valid(card: ModelCard) -> list:
+    """The card's metadata as the Hub library reads it: it rebuilds into the same ``ModelCardData``, every
+    ``datasets`` entry is a Hub id, and the model-index parses into complete results (returned)."""
+    meta = card.data.to_dict()
+    assert ModelCardData(**meta).to_dict() == meta
+    for dataset in meta.get("datasets") or []:
+        validate_repo_id(dataset)
+    if "model-index" not in meta:
+        return []
+    name, results = model_index_to_eval_results(meta["model-index"])
+    assert name and all(r.task_type and r.dataset_type and r.dataset_name and r.metric_type for r in results)
+    return results
+
+
 def card_of(trainer, **kwargs) -> ModelCard:
     trainer.create_model_card(**kwargs)
-    return ModelCard.load(Path(trainer.args.output_dir) / "README.md")
+    card = ModelCard.load(Path(trainer.args.output_dir) / "README.md")
+    assert_hub_valid(card)
+    return card
 
 
 def test_card_takes_transformers_create_model_card_arguments(tmp_path):
@@ -227,3 +248,26 @@ def test_stability_summary_says_null_for_what_was_never_measured(tmp_path):
     summary = json.loads(raw)
     assert summary["max_grad_norm"] is None and summary["last_update_ratio"] is None
     assert '"max_grad_norm": null' in raw and "0.0" not in raw
+
+
+def test_data_without_a_hub_id_is_named_in_the_text_and_the_model_index_not_in_datasets(tmp_path):
+    """The built-in corpus has no Hub id: the card's ``datasets`` stays empty, the Data section and the
+    model-index (evaluated, so present) name it; the license comes from --license unless the call gives one."""
+    trainer = finished_run(tmp_path, eval_steps=4, save_strategy="no", license="apache-2.0")
+    corpus = "the Python standard library (built-in)"
+    write_run_artifacts(trainer, dataset_info={"name": corpus})
+    card = ModelCard.load(tmp_path / "README.md")
+    results = assert_hub_valid(card)
+    assert card.data.datasets is None and card.data.license == "apache-2.0" and f"- name: {corpus}" in card.text
+    last = [e for e in trainer.state.log_history if "eval_loss" in e][-1]
+    assert {(r.task_type, r.dataset_type, r.dataset_name) for r in results} == {("text-generation", "unknown", corpus)}
+    assert {r.metric_type: r.metric_value for r in results} == {
+        "loss": round(last["eval_loss"], 4), "accuracy": round(last["eval_accuracy"], 4),
+        "perplexity": round(last["eval_perplexity"], 4)}
+    assert card_of(trainer, license="mit").data.license == "mit"
+
+
+def test_a_run_without_evaluation_has_no_model_index(tmp_path):
+    trainer = finished_run(tmp_path, eval_strategy="no", save_strategy="no")
+    card = card_of(trainer)
+    assert "model-index" not in card.data.to_dict() and "Final eval loss: not evaluated" in card.text

@@ -9,19 +9,29 @@ a fresh interpreter checks what `python -m hf_foco.run` patches, and the README'
 import json
 import math
 import os
+import platform
 import runpy
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 
-import datasets
 import pytest
 import torch
 import transformers
 import transformers.trainer
 import transformers.training_args
-from helpers import REPO, SEQ, STOCK_CLM, readme_blocks, stock_clm_args, text_dataset, tiny_gpt2
+from helpers import (
+    PLACES,
+    REPO,
+    SEQ,
+    STOCK_CLM,
+    readme_blocks,
+    run_stock,
+    stock_clm_args,
+    text_dataset,
+    tiny_gpt2,
+)
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 from transformers import HfArgumentParser
@@ -30,35 +40,15 @@ import hf_foco
 from hf_foco.cli import main as cli_main
 from hf_foco.optim.registry import get_optimizer
 from hf_foco.run import is_installed
-from hf_foco.trainer import FocoTrainer, FocoTrainingArguments
+from hf_foco.trainer import FocoTrainer, FocoTrainingArguments, unwrap_optimizer
 
 torch.set_num_threads(1)
 INTEGRATION = "Training with the Hugging Face Trainer"
-PLACES = [(transformers, "Trainer"), (transformers, "TrainingArguments"), (transformers.trainer, "Trainer"),
-          (transformers.training_args, "TrainingArguments")]
-
-
-@pytest.fixture
-def offline_data(tmp_path, monkeypatch):
-    """The datasets cache of in-process script runs under tmp_path; transformers left as found afterwards."""
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_datasets"))
-    originals = [getattr(module, name) for module, name in PLACES]
-    yield tmp_path
-    hf_foco.uninstall()
-    assert [getattr(module, name) for module, name in PLACES] == originals
 
 
 def stock(args: list[str], install: bool) -> None:
-    """Run the stock script in this process: through `hf-foco run`, or as `python stock_clm.py` would."""
-    if install:
-        assert cli_main(["run", str(STOCK_CLM), *args]) == 0
-        return
-    saved = sys.argv
-    sys.argv = [str(STOCK_CLM), *args]
-    try:
-        runpy.run_path(str(STOCK_CLM), run_name="__main__")
-    finally:
-        sys.argv = saved
+    """Run the stock causal-LM script in this process: through `hf-foco run`, or as `python stock_clm.py` would."""
+    run_stock(STOCK_CLM, args, install)
 
 
 def logged_losses(out: Path) -> list[float]:
@@ -154,7 +144,8 @@ def test_a_native_optimizer_trains_the_same_weights_as_without_hf_foco(offline_d
 def test_the_stock_push_uploads_the_stock_result_files_and_the_pretraining_card(offline_data, hub):
     out = offline_data / "stock-foco"
     stock(stock_clm_args(out, "foco", "--push_to_hub", "--hub_model_id", "someone/stock-foco"), install=True)
-    assert "upload_folder" not in hub.events and hub.events[0] == "create_repo"
+    assert hub.events[0] == "create_repo"
+    assert hub.uploads and all(u["allow_patterns"] for u in hub.uploads)  # hf_foco's push only, not transformers'
     repo, files = hub.commits[-1]  # save_model pushed first ("Model save"), as transformers' does
     assert repo == "someone/stock-foco"
     assert {"eval_results.json", "all_results.json", "train_results.json", "trainer_state.json", "README.md",
@@ -211,6 +202,16 @@ def test_the_readme_python_snippets_train(block, offline_data, monkeypatch):
     assert math.isfinite(next(e["train_loss"] for e in trainer.state.log_history if "train_loss" in e))
 
 
+def test_the_readme_extension_point_snippet_trains_a_stock_trainer(offline_data, monkeypatch):
+    monkeypatch.chdir(offline_data)
+    namespace = {"model": tiny_gpt2(), "train": text_dataset(16), "valid": text_dataset(8, seed=1)}
+    exec(readme_blocks(INTEGRATION, "python")[3], namespace)
+    trainer = namespace["trainer"]
+    assert type(trainer) is transformers.Trainer and trainer.state.global_step == 6
+    optimizer = unwrap_optimizer(trainer.optimizer)
+    assert type(optimizer) is get_optimizer("foco").cls and optimizer.param_groups[0]["initial_lr"] == 6e-4
+
+
 def readme_commands() -> list[list[str]]:
     """The command lines of the integration section's bash block, split as a shell would."""
     (block,) = readme_blocks(INTEGRATION, "bash")
@@ -230,7 +231,8 @@ def as_run_here(argv: list[str], out_root: Path) -> list[str]:
 @pytest.mark.slow
 def test_the_readme_commands_work_as_written(tmp_path):
     commands = readme_commands()
-    assert [c[0] for c in commands] == ["hf-foco", "accelerate", "accelerate", "hf-foco"]
+    assert [c[0] for c in commands] == ["hf-foco", "accelerate", "accelerate", "hf-foco", "hf-foco", "hf-foco",
+                                        "hf-foco"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
            "HF_DATASETS_CACHE": str(tmp_path / "hf_datasets")}
     for argv in commands:  # one at a time: the DDP run wants both cores
@@ -242,7 +244,41 @@ def test_the_readme_commands_work_as_written(tmp_path):
     assert {name: info["optimizer"]["name"] for name, info in runs.items()} == {
         "stock-foco": "foco", "stock-fop": "fop", "stock-ddp": "foco", "stock-adamw": "adamw_torch"}
     assert runs["stock-ddp"]["hardware"].startswith("2 process(es)") and runs["stock-ddp"]["global_batch_size"] == 16
-    for name in runs:
+    for name in [*runs, "stock-glue", "stock-ner"]:
         for artifact in ("model.safetensors", "eval_results.json", "all_results.json", "trainer_state.json",
                          "stability.json", "README.md"):
             assert (tmp_path / name / artifact).is_file(), f"{name}: no {artifact}"
+    for name, task in (("stock-glue", "text-classification"), ("stock-ner", "token-classification")):
+        assert ModelCard.load(tmp_path / name / "README.md").data.pipeline_tag == task
+    assert json.loads((tmp_path / "stock-sft" / "stability.json").read_text())["status"] == "ok"  # TRL's trainer
+
+
+MALLOC_PROBE = """
+import ctypes
+class Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                     "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.mallinfo2.restype = Mallinfo2
+before = libc.mallinfo2().hblks  # blocks glibc serves with their own mmap (and unmaps again on free)
+block = libc.malloc(64 << 20)
+print(libc.mallinfo2().hblks - before)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the allocator tuning is glibc's mallopt")
+def test_hf_foco_run_keeps_large_blocks_in_the_heap_unless_switched_off(tmp_path):
+    """A 64 MiB block (an activation of a real model) comes from the heap under `hf-foco run`, so the next step
+    reuses mapped pages; with HF_FOCO_MALLOC_TUNING=0 glibc maps it afresh, as in `python SCRIPT.py`."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(MALLOC_PROBE)
+    mmapped = {}
+    for switch in ("1", "0"):
+        env = {**os.environ, "PYTHONPATH": str(REPO), "HF_FOCO_MALLOC_TUNING": switch}
+        proc = subprocess.run([sys.executable, "-m", "hf_foco.run", str(probe)], env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        mmapped[switch] = int(proc.stdout.strip().splitlines()[-1])
+    assert mmapped == {"1": 0, "0": 1}

@@ -23,10 +23,14 @@ from ..rundir import (
 from .card import render_model_card
 from .plots import plot_loss_curve
 
+# Entries of an evaluation's log that describe its speed or size, not the model's quality.
+_NOT_METRICS = ("_runtime", "_samples_per_second", "_steps_per_second", "_samples", "_model_preparation_time")
+
 
 def _results(state: dict) -> dict:
     """The numbers the card reports. ``final_train_loss`` is the last logged training loss (where the curve
-    ends); ``train_loss`` is the Trainer's mean over the whole run."""
+    ends); ``train_loss`` is the Trainer's mean over the whole run; ``eval_metrics`` holds every quality metric
+    of the last evaluation, without its ``eval_`` prefix."""
     history = state.get("log_history", [])
     evals = [e for e in history if "eval_loss" in e]
     summary = next((e for e in reversed(history) if "train_runtime" in e), {})
@@ -37,6 +41,9 @@ def _results(state: dict) -> dict:
     if evals:
         out.update(eval_loss=evals[-1]["eval_loss"], eval_perplexity=evals[-1].get("eval_perplexity"),
                    eval_accuracy=evals[-1].get("eval_accuracy"))
+        out["eval_metrics"] = {key[len("eval_"):]: value for key, value in evals[-1].items()
+                               if key.startswith("eval_") and not key.endswith(_NOT_METRICS)
+                               and isinstance(value, (int, float)) and not isinstance(value, bool)}
     return out
 
 

@@ -17,12 +17,10 @@ def plot_loss_curve(log_history: list[dict], path: str | Path, title: str = "") 
     train, evals = loss_points(log_history)
     if not train and not evals:
         return None
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    fig = Figure(figsize=(6, 4), dpi=100)
+    ax = fig.subplots()
     for points, label, style in ((train, "train", "-"), (evals, "eval", "o-")):
         if points:
             ax.plot([s for s, _ in points], [v for _, v in points], style, label=label)
@@ -33,5 +31,4 @@ def plot_loss_curve(log_history: list[dict], path: str | Path, title: str = "") 
     ax.legend()
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return Path(path)

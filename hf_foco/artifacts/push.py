@@ -1,16 +1,18 @@
 """Upload a finished run to the Hugging Face Hub: ``hf-foco push OUTPUT_DIR --repo_id USER/NAME``.
 
-Exactly the files a user of the model needs are uploaded (never checkpoints, optimizer states or
-TensorBoard logs): safetensors weights, config, tokenizer files, training arguments, the result files
-transformers' push uploads too (``eval_results.json``, ``train_results.json``, ``all_results.json``,
-``trainer_state.json``), ``stability.json``, the loss curve and the model card. With ``HF_HUB_OFFLINE=1`` the push fails before it
-touches anything, and says how to push later. A malformed repository id, or a Hub that cannot be reached, fails
-before the card is rewritten: the run directory changes only when the upload can start.
+Exactly the files a user of the model needs are uploaded, by ``HfApi.upload_folder`` with allow and ignore
+patterns (never checkpoints or optimizer states): safetensors weights, config, tokenizer files, training
+arguments, the result files transformers' push uploads too (``eval_results.json``, ``train_results.json``,
+``all_results.json``, ``trainer_state.json``), ``stability.json``, the loss curve, the model card, and, as
+transformers' push does, TensorBoard's event files (``--report_to tensorboard`` writes them under
+``--logging_dir``, by default ``runs/`` in the output folder; the Hub shows them in the "Training metrics" tab).
+With ``HF_HUB_OFFLINE=1`` the push fails before it touches anything, and says how to push later. A malformed
+repository id, or a Hub that cannot be reached, fails before the card is rewritten: the run directory changes
+only when the upload can start.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import os
 from pathlib import Path
 
@@ -35,15 +37,14 @@ UPLOAD_PATTERNS = (
     LOSS_CURVE_FILE, MODEL_CARD_FILE,
 )
 
+# TensorBoard event files at any depth (fnmatch's * crosses folders).
+TENSORBOARD_PATTERNS = ("*tfevents*",)
+# Never uploaded, wherever they match: checkpoints (with their optimizer states) and private files, as transformers.
+IGNORE_PATTERNS = ("checkpoint-*", "_*")
+
 
 class PushError(ValueError):
     """A push that cannot happen; the message says why and what to do."""
-
-
-def files_to_upload(output_dir: str | os.PathLike) -> list[str]:
-    """The top-level files of ``output_dir`` that a push uploads, sorted."""
-    names = [p.name for p in Path(output_dir).iterdir() if p.is_file()]
-    return sorted(n for n in names if any(fnmatch.fnmatchcase(n, pat) for pat in UPLOAD_PATTERNS))
 
 
 def ensure_online(output_dir, repo_id) -> None:
@@ -65,12 +66,13 @@ def push_run(output_dir: str | os.PathLike, repo_id: str, *, token: str | None =
              revision: str | None = None, commit_message: str | None = "Upload pretrained model",
              write_artifacts: bool = True, dataset_info: dict | None = None, create: bool = True,
              blocking: bool = True):
-    """Create ``repo_id`` if needed (``create``) and upload :func:`files_to_upload` in one commit; returns the
+    """Create ``repo_id`` if needed (``create``) and upload the run with ``upload_folder``: the files matching
+    :data:`UPLOAD_PATTERNS` or :data:`TENSORBOARD_PATTERNS`, none under :data:`IGNORE_PATTERNS`. Returns the
     ``CommitInfo``, or a ``Future`` of it with ``blocking=False``.
 
     ``write_artifacts`` first (re)writes the card and loss curve with :func:`hf_foco.artifacts.render_run`.
     """
-    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub import HfApi
     from huggingface_hub.errors import HFValidationError, HTTPError, OfflineModeIsEnabled
     from huggingface_hub.utils import validate_repo_id
 
@@ -94,10 +96,10 @@ def push_run(output_dir: str | os.PathLike, repo_id: str, *, token: str | None =
             from . import render_run
 
             render_run(out, dataset_info=dataset_info, repo_id=repo_id)
-        operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(out / name))
-                      for name in files_to_upload(out)]
-        return api.create_commit(repo_id=repo_id, operations=operations, commit_message=commit_message,
-                                 revision=revision, repo_type="model", run_as_future=not blocking)
+        return api.upload_folder(repo_id=repo_id, folder_path=out, repo_type="model", revision=revision,
+                                 allow_patterns=[*UPLOAD_PATTERNS, *TENSORBOARD_PATTERNS],
+                                 ignore_patterns=list(IGNORE_PATTERNS), commit_message=commit_message,
+                                 run_as_future=not blocking)
     except OfflineModeIsEnabled:
         raise _offline_error(output_dir, repo_id) from None
     except HTTPError as err:

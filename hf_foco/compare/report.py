@@ -16,17 +16,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import colormaps
+from matplotlib.figure import Figure
 
 from ..rundir import EIGENVALUE_KEY, RESIDUAL_KEY, WALL_TIME_KEY  # noqa: E402
 from .analysis import AnalysisConfig, RunLog, last_step, summarize  # noqa: E402
 
 
 def _colours(optimizers: Sequence[str]) -> dict[str, Any]:
-    cmap = plt.get_cmap("tab10")
+    cmap = colormaps["tab10"]
     return {name: cmap(i % 10) for i, name in enumerate(optimizers)}
 
 
@@ -57,7 +55,8 @@ def plot_curves(runs: Sequence[RunLog], group: dict[str, Any], colours: dict[str
     """Train and eval loss against steps, tokens and wall time, each optimizer at its best LR."""
     chosen = _at_best_lr(runs, group)
     columns = ["step", "tokens", "wall time (s)"]
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8), squeeze=False)
+    fig = Figure(figsize=(15, 8))
+    axes = fig.subplots(2, 3, squeeze=False)
     for name, picked in chosen.items():
         for i, run in enumerate(picked):
             for row, key in enumerate(("loss", "eval_loss")):
@@ -79,12 +78,12 @@ def plot_curves(runs: Sequence[RunLog], group: dict[str, Any], colours: dict[str
     fig.suptitle("Loss curves at each optimizer's best learning rate (all seeds; dashed: target)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def plot_lr_sensitivity(rows: Sequence[dict[str, Any]], colours: dict[str, Any], path: Path) -> None:
     """Final eval loss against LR per optimizer; diverged runs as crosses along the top edge."""
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig = Figure(figsize=(7, 5))
+    ax = fig.subplots()
     for name in dict.fromkeys(r["optimizer"] for r in rows):
         own = [r for r in rows if r["optimizer"] == name]
         lrs = sorted({r["learning_rate"] for r in own})
@@ -107,7 +106,6 @@ def plot_lr_sensitivity(rows: Sequence[dict[str, Any]], colours: dict[str, Any],
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def plot_sharpness(runs: Sequence[RunLog], group: dict[str, Any], colours: dict[str, Any], path: Path) -> bool:
@@ -116,7 +114,8 @@ def plot_sharpness(runs: Sequence[RunLog], group: dict[str, Any], colours: dict[
     chosen = _at_best_lr(runs, group)
     if not any(r.series(EIGENVALUE_KEY)[0] for picked in chosen.values() for r in picked):
         return False
-    fig, (eig_ax, lr_ax, loss_ax) = plt.subplots(1, 3, figsize=(16, 4.5))
+    fig = Figure(figsize=(16, 4.5))
+    eig_ax, lr_ax, loss_ax = fig.subplots(1, 3)
     for name, picked in chosen.items():
         for i, run in enumerate(picked):
             label = name if i == 0 else None
@@ -138,7 +137,6 @@ def plot_sharpness(runs: Sequence[RunLog], group: dict[str, Any], colours: dict[
                  "optimizer's best LR")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return True
 
 

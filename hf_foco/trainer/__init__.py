@@ -7,6 +7,8 @@ Public entry points (imported on first use, so ``hf-foco`` subcommands that need
 * :class:`StabilityCallback`: grad norm, update ratio, loss spikes, non-finite-update guard.
 * :class:`HessianEigenvalueCallback`: the top Hessian eigenvalue along training.
 * :func:`write_run_artifacts`: the run record, model card and loss curve of a finished run.
+* :func:`optimizer_cls_and_kwargs` / :func:`trainer_optimizers`: hf_foco's optimizers for transformers' own
+  ``Trainer`` (or a subclass, TRL's) through its ``optimizer_cls_and_kwargs`` / ``optimizers`` arguments.
 """
 
 from importlib import import_module
@@ -17,6 +19,7 @@ _EXPORTS = {
     "write_run_artifacts": ".record", "HessianEigenvalueCallback": ".sharpness", "StabilityCallback": ".stability",
     "TrainingDivergedError": ".stability", "FocoTrainer": ".trainer",
     "unwrap_optimizer": "..distributed.wrappers",
+    "optimizer_cls_and_kwargs": ".extension", "trainer_optimizers": ".extension",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from transformers import TrainingArguments
+from transformers.hf_argparser import string_to_bool
 from transformers.training_args import OptimizerNames
 
 from ..distributed import COMPRESSION_HOOKS, sharding_in_use, sharding_refusal
@@ -80,6 +81,24 @@ class OptimName(str):
         return str(getattr(name, "value", name))
 
 
+class TokensSeen(str):
+    """The type of ``--include_num_input_tokens_seen``: auto, all, non_padding, no, or a yes/no word (yes: all).
+
+    (transformers declares the field ``str | bool``, which its parser turns into a plain boolean.)
+    """
+
+    CHOICES = ("auto", "all", "non_padding", "no")
+
+    def __new__(cls, value):
+        if value in cls.CHOICES:
+            return str(value)
+        try:
+            return "all" if string_to_bool(value) else "no"
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(f"invalid choice: {value!r}: choose one of {', '.join(cls.CHOICES)} "
+                                             "(or true/false).") from None
+
+
 @dataclass
 class FocoTrainingArguments(TrainingArguments):
     """``TrainingArguments`` plus hf_foco's optimizers, parameter grouping and stability monitor."""
@@ -109,9 +128,16 @@ class FocoTrainingArguments(TrainingArguments):
         default="nanogpt", metadata={"help": "Which parameters hf_foco optimizers decay: nanogpt (>= 2-D weights), "
                                              "no_bias_or_norm (transformers' rule) or all.",
                                      "choices": tuple(DECAY_POLICIES)})
-    include_num_input_tokens_seen: str | bool = field(
-        default=True, metadata={"help": "Count input tokens (all, non_padding or no); on by default because the "
-                                         "model card reports the tokens seen."})
+    include_num_input_tokens_seen: TokensSeen = field(
+        default="auto", metadata={"help": "Count input tokens: all, non_padding, no, or auto (FocoTrainer: all for "
+                                           "a causal LM, whose model card reports the tokens seen; no otherwise)."})
+    causal_lm: bool | None = field(default=None, metadata={
+        "help": "Train as a causal LM: next-token accuracy and perplexity when the script passes no "
+                "compute_metrics, tokens seen, and the pretraining model card. Unset: true when the model's class is "
+                "a transformers causal LM (an AutoModelForCausalLM class), stock behaviour otherwise."})
+    license: str | None = field(default=None, metadata={
+        "help": "The trained model's license on its model card, a Hub license id (e.g. apache-2.0); a "
+                "create_model_card(license=...) call takes precedence."})
     stability_monitor: bool = field(
         default=True, metadata={"help": "Log grad norm, update/weight ratio and loss spikes; skip non-finite "
                                         "updates (see hf_foco.trainer.stability)."})

@@ -34,7 +34,8 @@ def preprocess_logits_for_lm_metrics(logits: torch.Tensor, labels: torch.Tensor)
 
 
 class LMMetrics:
-    """``compute_metrics`` for the Trainer: ``eval_accuracy``, ``eval_perplexity`` (and ``eval_nll``)."""
+    """``compute_metrics`` for the Trainer: ``eval_accuracy`` and ``eval_perplexity`` (the module's ``nll`` is
+    the eval loss the Trainer logs already)."""
 
     def __init__(self):
         self.metric = None  # loaded at the first evaluation, so building a Trainer stays quick
@@ -45,4 +46,5 @@ class LMMetrics:
         (predictions, nll), labels = eval_pred.predictions, eval_pred.label_ids
         result = self.metric.compute(predictions=predictions, references=labels, nll=nll)
         result.pop("tokens")
+        result.pop("nll")
         return result

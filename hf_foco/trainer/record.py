@@ -28,6 +28,7 @@ from ..rundir import (
 )
 from .arguments import is_registry_optim
 from .stability import monitor_of
+from .task import CAUSAL_LM_TASK, is_causal_lm, model_task
 
 
 def _hardware(world_size: int) -> str:
@@ -62,6 +63,12 @@ CARD_FIELDS = ("language", "license", "tags", "model_name", "finetuned_from", "t
                "dataset_args")
 
 
+def _trains_causal_lm(trainer: Trainer) -> bool:
+    """FocoTrainer's decision (:func:`.task.is_causal_lm`), made alike for another Trainer."""
+    decided = getattr(trainer, "causal_lm", None)
+    return is_causal_lm(trainer.model, getattr(trainer.args, "causal_lm", None)) if decided is None else decided
+
+
 def _listify(value) -> list:
     return [] if value is None else [value] if isinstance(value, str) else list(value)
 
@@ -70,7 +77,10 @@ def card_metadata(trainer: Trainer, language=None, license=None, tags=None, mode
                   tasks=None, dataset_tags=None, dataset=None, dataset_args=None) -> dict:
     """The model card's metadata from the arguments of transformers' ``Trainer.create_model_card``, with its
     defaults: ``finetuned_from`` omitted is the model's ``config._name_or_path`` when that names a Hub model
-    (not a local folder); ``tasks`` omitted is text-generation; the model's ``model_tags`` join ``tags``.
+    (not a local folder); ``tasks`` omitted is the task of the model's class (:func:`.task.model_task`:
+    text-generation for a causal LM); ``license`` omitted is ``--license``; the model's ``model_tags`` join
+    ``tags``. ``dataset_tags`` are Hub dataset ids (the card's ``datasets``), ``dataset`` their display names and
+    ``dataset_args`` their configurations, one per id.
 
     ``finetuned_from=None`` given explicitly means trained from scratch (``run_clm.py`` passes
     ``model_args.model_name_or_path``, None for a model built from a config; transformers would still infer
@@ -81,12 +91,33 @@ def card_metadata(trainer: Trainer, language=None, license=None, tags=None, mode
         finetuned_from = name if name and not os.path.isdir(name) else None
     finetuned_from = finetuned_from or None  # "" is no model
     tags = [*_listify(tags), *(t for t in getattr(trainer.model, "model_tags", None) or () if t not in _listify(tags))]
-    return {"language": _listify(language) or None, "license": license, "tags": tags, "model_name": model_name,
-            "finetuned_from": finetuned_from,
+    task = CAUSAL_LM_TASK if _trains_causal_lm(trainer) else model_task(trainer.model)
+    return {"language": _listify(language) or None, "license": license or getattr(trainer.args, "license", None),
+            "tags": tags, "model_name": model_name, "finetuned_from": finetuned_from,
             # The Hub's base_model must name a Hub model: a local folder stays in the prose only.
             "base_model": finetuned_from if finetuned_from and not os.path.isdir(finetuned_from) else None,
-            "tasks": _listify(tasks) or ["text-generation"], "dataset_tags": _listify(dataset_tags),
+            "tasks": _listify(tasks) or _listify(task), "dataset_tags": _listify(dataset_tags),
             "dataset": _listify(dataset) or _listify(dataset_tags), "dataset_args": _listify(dataset_args)}
+
+
+def _importable_class(model) -> str | None:
+    """The model's class name when ``from transformers import NAME`` gives that class (the card's snippet)."""
+    import transformers
+
+    name = type(model).__name__
+    return name if getattr(transformers, name, None) is type(model) else None
+
+
+def _processor_class(processing_class) -> str | None:
+    """The Auto class that loads ``processing_class`` back (for the card's loading snippet)."""
+    from transformers import PreTrainedTokenizerBase, ProcessorMixin
+    from transformers.image_processing_utils import BaseImageProcessor
+
+    for base, auto in ((ProcessorMixin, "AutoProcessor"), (PreTrainedTokenizerBase, "AutoTokenizer"),
+                       (BaseImageProcessor, "AutoImageProcessor")):
+        if isinstance(processing_class, base):
+            return auto
+    return None
 
 
 def run_info(trainer: Trainer, dataset_info: dict | None = None, card: dict | None = None) -> dict:
@@ -103,6 +134,9 @@ def run_info(trainer: Trainer, dataset_info: dict | None = None, card: dict | No
         "max_grad_norm": args.max_grad_norm,
         "global_batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
         "model_type": getattr(config, "model_type", None),
+        "causal_lm": _trains_causal_lm(trainer),
+        "architecture": _importable_class(model),
+        "processor": _processor_class(getattr(trainer, "processing_class", None)),
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "repo_id": args.hub_model_id,
         "model_name": (args.hub_model_id or Path(args.output_dir).name).split("/")[-1],

@@ -23,11 +23,14 @@ checkpoints and resume) is transformers' own. What differs:
   ``comm_ratio`` (bytes sent / an fp32 all-reduce's) to the logs. A single process has nothing to compress
   (a warning says so); FSDP has no DDP hook (a clear error says so).
 * ``--tokens_per_step``: the first micro-batch must add up to it (:mod:`.batch`).
-* Defaults: a :class:`StabilityCallback` (unless ``--stability_monitor false``), the top Hessian eigenvalue
-  with ``--hessian_every_n_steps``, a ``wall_time_s`` stamp on every log entry, and, when no
-  ``compute_metrics`` is given, next-token accuracy and perplexity from the packaged evaluate module.
-  ``create_model_card`` / ``push_to_hub`` take transformers' arguments and write and upload a pretraining
-  card (:mod:`hf_foco.artifacts`) with the run record beside the stock result files.
+* Defaults for every model: a :class:`StabilityCallback` (unless ``--stability_monitor false``), the top
+  Hessian eigenvalue with ``--hessian_every_n_steps``, a ``wall_time_s`` stamp on every log entry.
+  ``create_model_card`` / ``push_to_hub`` take transformers' arguments and write and upload a card that names
+  the optimizer (:mod:`hf_foco.artifacts`) with the run record beside the stock result files.
+* Defaults for a causal LM only (:func:`~.task.is_causal_lm`: the model's class, or ``--causal_lm``): next-token
+  accuracy and perplexity from the packaged evaluate module when no ``compute_metrics`` is given, tokens
+  seen counted (``--include_num_input_tokens_seen auto``) and the pretraining card. Any other model keeps
+  transformers' behaviour there; K-FAC and FOP, whose curvature is a causal LM's next-token Fisher, refuse it.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from transformers.trainer import SCHEDULER_NAME
 from transformers.utils import logging
 
 from ..distributed import all_finite, find_ddp, register_compression, unwrap_optimizer
-from ..optim import create_optimizer, spec_of
+from ..optim import create_optimizer, get_optimizer, spec_of
 from ..rundir import POISONED, TRAINER_STATE_FILE, WALL_TIME_KEY, write_resume_record
 from .arguments import is_registry_optim
 from .batch import check_tokens_per_step
@@ -51,6 +54,7 @@ from .evaluation import LMMetrics, preprocess_logits_for_lm_metrics
 from .record import INFER, write_run_artifacts
 from .sharpness import HessianEigenvalueCallback
 from .stability import StabilityCallback, monitor_of
+from .task import is_causal_lm, model_task
 
 logger = logging.get_logger(__name__)
 
@@ -100,11 +104,14 @@ class WallClock(TrainerCallback):
 class FocoTrainer(Trainer):
     """``Trainer`` that understands ``--optim <hf_foco name>`` (see the module docstring)."""
 
-    def __init__(self, *args, compute_metrics=None, preprocess_logits_for_metrics=None, **kwargs):
-        if compute_metrics is None and preprocess_logits_for_metrics is None:
-            compute_metrics, preprocess_logits_for_metrics = LMMetrics(), preprocess_logits_for_lm_metrics
-        super().__init__(*args, compute_metrics=compute_metrics,
-                         preprocess_logits_for_metrics=preprocess_logits_for_metrics, **kwargs)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.causal_lm = is_causal_lm(self.model, getattr(self.args, "causal_lm", None))
+        self._check_task()
+        if self.causal_lm and self.compute_metrics is None and self.preprocess_logits_for_metrics is None:
+            self.compute_metrics, self.preprocess_logits_for_metrics = LMMetrics(), preprocess_logits_for_lm_metrics
+        if self.args.include_num_input_tokens_seen == "auto":
+            self.args.include_num_input_tokens_seen = "all" if self.causal_lm else "no"
         if getattr(self.args, "stability_monitor", True) and monitor_of(self) is None:
             # First in line, so the fields it adds to the logs reach the reporting callbacks too.
             self.callback_handler.callbacks.insert(0, StabilityCallback.from_args(self.args))
@@ -128,6 +135,17 @@ class FocoTrainer(Trainer):
     @property
     def stability(self) -> StabilityCallback | None:
         return monitor_of(self)
+
+    def _check_task(self) -> None:
+        """Refuse an optimizer whose curvature assumes a causal LM (K-FAC, FOP) for any other model."""
+        spec = get_optimizer(self.args.optim) if is_registry_optim(self.args.optim) else None
+        if self.causal_lm or spec is None or not (spec.needs_layer_hooks or spec.needs_half_batch_grads):
+            return
+        task = model_task(self.model)
+        raise ValueError(f"--optim {spec.name} preconditions with a causal LM's next-token Fisher, and "
+                         f"{type(self.model).__name__} is {f'a {task} model' if task else 'not a causal LM'}: use "
+                         "an elementwise optimizer (foco, focus, signum, lion, adamw) or one of transformers', or "
+                         "--causal_lm true if the model does predict the next token.")
 
     def create_optimizer(self, model=None):
         if self.optimizer is None and is_registry_optim(self.args.optim):
@@ -311,7 +329,8 @@ class FocoTrainer(Trainer):
                     token: str | None = None, revision: str | None = None, private: bool | None = None,
                     dataset_info: dict | None = None, **kwargs):
         """Upload the run as transformers' ``push_to_hub`` does (the same arguments; ``kwargs`` go to
-        :meth:`create_model_card`), with the pretraining card and exactly the files :func:`push_run` lists.
+        :meth:`create_model_card`), with hf_foco's card (a subclass's own ``create_model_card``, TRL's, writes
+        its card instead) and exactly the files :func:`push_run` uploads.
 
         As transformers' push: the ``on_push_begin`` callbacks run, the repository is created from
         ``--hub_model_id`` (default: the output folder's name), the model is saved, ``model_name`` defaults to
@@ -331,7 +350,10 @@ class FocoTrainer(Trainer):
         self.save_model(_internal_call=True)
         if not self.is_world_process_zero():
             return None
-        self.create_model_card(dataset_info=dataset_info, repo_id=self.hub_model_id, **kwargs)
+        if type(self).create_model_card is FocoTrainer.create_model_card:
+            self.create_model_card(dataset_info=dataset_info, repo_id=self.hub_model_id, **kwargs)
+        else:  # a subclass writes its own card (TRL's trainers do), with its own arguments
+            self.create_model_card(**kwargs)
         self._finish_current_push()
         return push_run(self.args.output_dir, repo_id=self.hub_model_id, token=token, create=False,
                         revision=revision if revision is not None else self.args.hub_revision,

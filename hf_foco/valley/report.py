@@ -37,17 +37,15 @@ def write_csv(rows: list[dict], path: Path) -> None:
 
 def plot_winner_map(panel: Panel, best: dict[str, dict], path: Path, title: str) -> None:
     """Categorical image of the winner per (sigma, y) cell, with a legend of the optimizers."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
+    from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
     names = list(best)
     codes = torch.tensor([names.index(w) for w in winners(best)]).reshape(len(panel.ys), len(panel.sigmas))
     log_y = panel.y == "a"
-    fig, ax = plt.subplots(figsize=(6.2, 4.2))
+    fig = Figure(figsize=(6.2, 4.2))
+    ax = fig.subplots()
     ax.pcolormesh(_edges(panel.sigmas), _edges(panel.ys, log=log_y), codes.numpy(),
                   cmap=ListedColormap([COLORS[n] for n in names]), vmin=-0.5, vmax=len(names) - 0.5)
     if log_y:
@@ -62,7 +60,6 @@ def plot_winner_map(panel: Panel, best: dict[str, dict], path: Path, title: str)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def _edges(centers: list[float], log: bool = False) -> list[float]:
